@@ -1,0 +1,103 @@
+/**
+ * The one interface both runtimes implement (browser: onnxruntime-web on WebGPU → WASM;
+ * Node: onnxruntime-node on CUDA → CPU). Like onnxruntime's js/common: the shape lives
+ * here, each runtime supplies an Engine and a BlobStore behind it.
+ */
+import type { Digest } from './digest.ts';
+import type { Manifest } from './manifest.ts';
+
+export type Device = 'auto' | 'webgpu' | 'wasm' | 'cuda' | 'cpu';
+
+/** What an execution provider is called in `p.info.provider`. */
+export type Provider = 'webgpu' | 'wasm' | 'cuda' | 'cpu';
+
+export type ProgressPhase = 'manifest' | 'download' | 'verify' | 'store' | 'session' | 'overlay';
+
+/** Enough for any progress bar: per file, plus `aggregate` over the whole load. */
+export interface ProgressEvent {
+  phase: ProgressPhase;
+  /** A digest, or a tag/manifest key for the manifest phase. */
+  file: string;
+  loaded: number;
+  total: number;
+  aggregate?: { loaded: number; total: number };
+}
+
+/** A LoRA applied at load time on top of a clean base artifact. */
+export interface LoraOverlay {
+  /** The LoRA blob's digest (fetched from `<origin>/blobs/sha256/<hex>`)… */
+  digest?: Digest | string;
+  /** …or a URL to the safetensors file. */
+  url?: string;
+  scale: number;
+}
+
+export interface LoadPipelineOptions {
+  /** Where artifacts are served: the edge worker, a bucket's public URL, any static origin. */
+  origin: string;
+  model: string;
+  /** Resolve a tag (may be stale; the manifest is checked against its digest)… */
+  tag?: string;
+  /** …or pin the fingerprint (64 hex or sha256:<hex>); with a warm cache this needs no network. */
+  fingerprint?: string;
+  loras?: LoraOverlay[];
+  device?: Device;
+  onProgress?: (event: ProgressEvent) => void;
+  signal?: AbortSignal;
+}
+
+export type CacheSource = 'memory' | 'store' | 'network';
+
+export interface PipelineInfo {
+  fingerprint: Digest;
+  manifest: Manifest;
+  /** The execution provider that ran. */
+  provider: Provider;
+  /** Providers tried before it and why each was passed over, in order. */
+  fallbacks: { provider: Provider; reason: string }[];
+  /** Where each blob came from on this load. */
+  sources: Record<Digest, CacheSource>;
+  /** Bytes that crossed the network on this load. */
+  bytesFetched: number;
+  /** Overlays applied at load time, with their resolved digests. */
+  overlays: { digest: Digest; scale: number; matched: number }[];
+  /** True when the pipeline came whole from the in-memory pipeline cache. */
+  fromPipelineCache: boolean;
+}
+
+/** Input and output tensors, runtime-neutral (onnxruntime's Tensor has this shape). */
+export interface TensorLike {
+  type: string;
+  dims: readonly number[];
+  data: Float32Array | Uint16Array | Int32Array | BigInt64Array | Uint8Array;
+}
+
+export type Feeds = Record<string, TensorLike>;
+
+export interface Pipeline {
+  readonly info: PipelineInfo;
+  run(feeds: Feeds): Promise<Feeds>;
+  dispose(): Promise<void>;
+}
+
+/** External data as onnxruntime takes it: `path` is the bare hex the graph's `location` names. */
+export interface ExternalDataFile {
+  path: string;
+  data: Uint8Array;
+}
+
+export interface EngineSession {
+  run(feeds: Feeds): Promise<Feeds>;
+  release(): Promise<void>;
+}
+
+/** One per runtime. `create` tries providers in order and reports every fallback. */
+export interface Engine {
+  /** The providers `device` stands for, in the order they are tried. */
+  providers(device: Device): Provider[];
+  create(
+    graph: Uint8Array,
+    externalData: ExternalDataFile[],
+    provider: Provider,
+  ): Promise<EngineSession>;
+}
