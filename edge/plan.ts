@@ -1,0 +1,32 @@
+/**
+ * What to answer for a request, from the object's meta alone: preconditions first
+ * (RFC 9110 §13.2.2), then If-Range and Range. No I/O, so every source of meta
+ * (R2 head, R2 get, a cached response) gets the same answer.
+ */
+import { evaluatePreconditions, ifRangeHolds } from './conditionals.ts';
+import type { ObjectMeta } from './object-meta.ts';
+import { decideRange } from './range.ts';
+
+export type ResponsePlan =
+  | { status: 200 }
+  | { status: 206; start: number; end: number }
+  | { status: 304 }
+  | { status: 412 }
+  | { status: 416 };
+
+export function planResponse(method: string, headers: Headers, meta: ObjectMeta): ResponsePlan {
+  const precondition = evaluatePreconditions(headers, meta);
+  if (precondition === 'failed') return { status: 412 };
+  if (precondition === 'not-modified') return { status: 304 };
+  // Range is defined for GET only (RFC 9110 §14.2); HEAD describes the whole object.
+  if (method !== 'GET' || !ifRangeHolds(headers, meta)) return { status: 200 };
+  const range = decideRange(headers.get('Range'), meta.size);
+  if (range.kind === 'single') return { status: 206, start: range.start, end: range.end };
+  if (range.kind === 'unsatisfiable') return { status: 416 };
+  return { status: 200 };
+}
+
+/** True when the request could lead to a 206, so the size must be known before reading. */
+export function mayBeRanged(method: string, headers: Headers): boolean {
+  return method === 'GET' && headers.has('Range');
+}
