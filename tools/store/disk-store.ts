@@ -2,6 +2,16 @@
  * The Node blob store: `<root>/blobs/sha256/<hex>`, the same relative paths as the bucket
  * (DESIGN.md). Writes are atomic (temp file in the same directory, fsync, rename), so a
  * reader — in this process or another — sees a whole blob or none.
+ *
+ * Cheap integrity on every read: a blob is written with its mtime set to a fixed stamp
+ * (`VERIFIED_MTIME`), so any later write into the file (which sets mtime to now) is seen on
+ * the next `get`, which then re-hashes it and drops it if it no longer matches. Re-hashing
+ * every read would double a warm load; bit rot that leaves mtime alone is `verify()`'s job.
+ * LRU order is the access time, which `get` sets explicitly (mounts may be noatime).
+ *
+ * Manifests are content-addressed too, and the loader keeps them through the same
+ * `put(fingerprint, bytes)`; they are recognised by their `schema` and kept where the bucket
+ * keeps them, `<root>/manifests/sha256/<hex>.json`, outside the blob budget.
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { createReadStream } from 'node:fs';
@@ -9,6 +19,7 @@ import { mkdir, open, readdir, readFile, rename, rm, stat, utimes } from 'node:f
 import { homedir } from 'node:os';
 import { join } from 'node:path';
 import { type Digest, digestHex, isHex } from '../../common/digest.ts';
+import { MANIFEST_SCHEMA } from '../../common/manifest.ts';
 import type { BlobStore } from '../../common/store.ts';
 
 /** `PIPELINE_STORE`, or `~/.cache/fuseload` (the build cache and the Node runtime share it). */
@@ -16,28 +27,101 @@ export function defaultStoreRoot(env: NodeJS.ProcessEnv = process.env): string {
   return env.PIPELINE_STORE || join(homedir(), '.cache', 'fuseload');
 }
 
+/** `PIPELINE_STORE_MAX_BYTES` (a byte budget for blobs), or unlimited. */
+export function defaultMaxBytes(env: NodeJS.ProcessEnv = process.env): number | undefined {
+  const raw = env.PIPELINE_STORE_MAX_BYTES;
+  if (!raw) return undefined;
+  const n = Number(raw);
+  return Number.isSafeInteger(n) && n >= 0 ? n : undefined;
+}
+
+/** 2001-09-09T01:46:40Z: the mtime of a blob as we wrote it. Anything else means it was touched. */
+export const VERIFIED_MTIME = 1_000_000_000;
+
+/** Temp files older than this are leftovers of a crashed writer. */
+const STALE_TEMP_MS = 60 * 60 * 1000;
+
+export interface DiskStoreOptions {
+  /** Byte budget for blobs; after each `put` the least recently used are evicted to fit. */
+  maxBytes?: number;
+  /** Told when a stored file no longer matches its digest and has been removed. */
+  onCorrupt?: (digest: Digest, path: string) => void;
+}
+
+export interface BlobEntry {
+  digest: Digest;
+  size: number;
+  /** Last access (ms since epoch), the LRU order. */
+  lastUsed: number;
+}
+
+export interface PruneResult {
+  removed: BlobEntry[];
+  freedBytes: number;
+  keptBytes: number;
+}
+
+export interface VerifyResult {
+  checked: number;
+  ok: number;
+  /** Blobs whose bytes no longer hash to their name; they have been removed. */
+  removed: Digest[];
+}
+
 export class DiskStore implements BlobStore {
   readonly kind = 'disk';
-  constructor(readonly root: string = defaultStoreRoot()) {}
+  readonly maxBytes: number | undefined;
+  readonly #onCorrupt: DiskStoreOptions['onCorrupt'];
+  /** Blobs this process has read or written: evicted last, only when nothing else frees enough. */
+  readonly #inUse = new Set<Digest>();
+  /** The exact byte arrays this store read from or wrote to a blob file, and that file. */
+  readonly #files = new WeakMap<Uint8Array, string>();
+
+  constructor(
+    readonly root: string = defaultStoreRoot(),
+    options: DiskStoreOptions = { maxBytes: defaultMaxBytes() },
+  ) {
+    this.maxBytes = options.maxBytes;
+    this.#onCorrupt = options.onCorrupt;
+  }
+
+  get blobsDir(): string {
+    return join(this.root, 'blobs', 'sha256');
+  }
 
   /** Where a blob lives (it may not exist yet). */
   path(digest: Digest): string {
-    return join(this.root, 'blobs', 'sha256', digestHex(digest));
+    return join(this.blobsDir, digestHex(digest));
+  }
+
+  /** Where a manifest lives (it may not exist yet). */
+  manifestPath(fingerprint: Digest): string {
+    return join(this.root, 'manifests', 'sha256', `${digestHex(fingerprint)}.json`);
   }
 
   async has(digest: Digest): Promise<boolean> {
-    try {
-      return (await stat(this.path(digest))).isFile();
-    } catch {
-      return false;
+    for (const path of [this.path(digest), this.manifestPath(digest)]) {
+      const s = await stat(path).catch(() => null);
+      if (s?.isFile()) return true;
     }
+    return false;
   }
 
   async get(digest: Digest): Promise<Uint8Array | null> {
+    const blob = await this.#read(digest, this.path(digest));
+    return blob ?? (await this.#read(digest, this.manifestPath(digest)));
+  }
+
+  async #read(digest: Digest, path: string): Promise<Uint8Array | null> {
     try {
-      const bytes = await readFile(this.path(digest));
-      await this.touch(digest);
-      return new Uint8Array(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+      const s = await stat(path);
+      if (Math.floor(s.mtimeMs / 1000) !== VERIFIED_MTIME && !(await this.#verifyFile(digest, path))) return null;
+      const buffer = await readFile(path);
+      this.#inUse.add(digest);
+      await utimes(path, new Date(), VERIFIED_MTIME).catch(() => {});
+      const bytes = new Uint8Array(buffer.buffer, buffer.byteOffset, buffer.byteLength);
+      this.#files.set(bytes, path);
+      return bytes;
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code === 'ENOENT') return null;
       throw e;
@@ -45,54 +129,146 @@ export class DiskStore implements BlobStore {
   }
 
   async put(digest: Digest, bytes: Uint8Array): Promise<void> {
-    await this.writeAtomic(this.path(digest), bytes);
+    if (isManifestBytes(bytes)) {
+      await this.writeAtomic(this.manifestPath(digest), bytes, VERIFIED_MTIME);
+      return;
+    }
+    await this.writeAtomic(this.path(digest), bytes, VERIFIED_MTIME);
+    this.#files.set(bytes, this.path(digest));
+    this.#inUse.add(digest);
+    if (this.maxBytes !== undefined) await this.prune(this.maxBytes, { keep: [digest] });
+  }
+
+  /**
+   * The file holding exactly these bytes, when they are an array this store returned from
+   * `get` or was given to `put`, and the file is still there, the same size and unmodified
+   * (verified stamp). Lets the engine hand onnxruntime file paths (mmap) instead of copies.
+   * A copy (say, a LoRA-overlaid shard) is never vouched for.
+   */
+  async fileOf(bytes: Uint8Array): Promise<string | null> {
+    const path = this.#files.get(bytes);
+    if (!path) return null;
+    const s = await stat(path).catch(() => null);
+    if (!s?.isFile() || s.size !== bytes.byteLength || Math.floor(s.mtimeMs / 1000) !== VERIFIED_MTIME) return null;
+    return path;
   }
 
   async delete(digest: Digest): Promise<void> {
     await rm(this.path(digest), { force: true });
+    await rm(this.manifestPath(digest), { force: true });
   }
 
-  async *entries(): AsyncIterable<{ digest: Digest; size: number; lastUsed: number }> {
-    const dir = join(this.root, 'blobs', 'sha256');
+  async *entries(): AsyncIterable<BlobEntry> {
     let names: string[];
     try {
-      names = await readdir(dir);
+      names = await readdir(this.blobsDir);
     } catch {
       return;
     }
     for (const name of names.sort()) {
       if (!isHex(name)) continue; // temp files and strays are not blobs
       try {
-        const s = await stat(join(dir, name));
-        yield { digest: `sha256:${name}`, size: s.size, lastUsed: s.mtimeMs };
+        const s = await stat(join(this.blobsDir, name));
+        yield { digest: `sha256:${name}`, size: s.size, lastUsed: s.atimeMs };
       } catch {
         // deleted while listing
       }
     }
   }
 
-  /** Re-hashes a stored blob; a blob that does not match its name is removed. */
+  /** Total bytes of blobs held. */
+  async usage(): Promise<{ blobs: number; bytes: number }> {
+    let blobs = 0;
+    let bytes = 0;
+    for await (const e of this.entries()) {
+      blobs++;
+      bytes += e.size;
+    }
+    return { blobs, bytes };
+  }
+
+  /**
+   * Re-hashes a stored blob; a blob that does not match its name is removed. A matching one
+   * gets its verified stamp back, so reads stop re-hashing it.
+   */
   async verify(digest: Digest): Promise<boolean> {
-    const actual = await sha256File(this.path(digest)).catch(() => null);
-    if (actual === digest) return true;
-    await this.delete(digest);
+    return this.#verifyFile(digest, this.path(digest));
+  }
+
+  async #verifyFile(digest: Digest, path: string): Promise<boolean> {
+    const actual = await sha256File(path).catch(() => null);
+    if (actual === digest) {
+      const s = await stat(path).catch(() => null);
+      if (s) await utimes(path, s.atime, VERIFIED_MTIME).catch(() => {});
+      return true;
+    }
+    await rm(path, { force: true });
+    if (actual !== null) this.#onCorrupt?.(digest, path);
     return false;
   }
 
-  /** Marks a blob used now, for LRU eviction. */
-  async touch(digest: Digest): Promise<void> {
-    const now = new Date();
-    await utimes(this.path(digest), now, now).catch(() => {});
+  /** Re-hashes every blob (removing the bad ones). */
+  async verifyAll(onBlob?: (digest: Digest, ok: boolean) => void): Promise<VerifyResult> {
+    const result: VerifyResult = { checked: 0, ok: 0, removed: [] };
+    for await (const e of this.entries()) {
+      const ok = await this.verify(e.digest);
+      result.checked++;
+      if (ok) result.ok++;
+      else result.removed.push(e.digest);
+      onBlob?.(e.digest, ok);
+    }
+    return result;
   }
 
-  /** Temp + fsync + rename in the target's directory: never a partial file under the final name. */
-  async writeAtomic(target: string, bytes: Uint8Array): Promise<void> {
+  /**
+   * Evicts least-recently-used blobs until they fit in `maxBytes`; also clears temp files
+   * left by crashed writers. `keep` is never evicted; blobs this process uses go last.
+   * Another process reading an evicted blob keeps its open file (POSIX unlink semantics);
+   * one that has not opened it yet sees it missing and fetches it again.
+   */
+  async prune(maxBytes: number, options: { keep?: Digest[] } = {}): Promise<PruneResult> {
+    await this.removeStaleTemps();
+    const keep = new Set(options.keep ?? []);
+    const all: BlobEntry[] = [];
+    for await (const e of this.entries()) all.push(e);
+    let total = all.reduce((n, e) => n + e.size, 0);
+    const result: PruneResult = { removed: [], freedBytes: 0, keptBytes: total };
+    if (total <= maxBytes) return result;
+    const rank = (e: BlobEntry) => (this.#inUse.has(e.digest) ? 1 : 0);
+    const order = all
+      .filter((e) => !keep.has(e.digest))
+      .sort((a, b) => rank(a) - rank(b) || a.lastUsed - b.lastUsed || a.digest.localeCompare(b.digest));
+    for (const e of order) {
+      if (total <= maxBytes) break;
+      await this.delete(e.digest);
+      this.#inUse.delete(e.digest);
+      total -= e.size;
+      result.removed.push(e);
+      result.freedBytes += e.size;
+    }
+    result.keptBytes = total;
+    return result;
+  }
+
+  /** Marks a blob used now, for LRU eviction (atime only: mtime is the verified stamp). */
+  async touch(digest: Digest): Promise<void> {
+    const path = this.path(digest);
+    const s = await stat(path).catch(() => null);
+    if (s) await utimes(path, new Date(), s.mtime).catch(() => {});
+  }
+
+  /**
+   * Temp + fsync + rename in the target's directory: never a partial file under the final
+   * name. `mtime` (seconds) is set before the rename, so the blob never appears unstamped.
+   */
+  async writeAtomic(target: string, bytes: Uint8Array, mtime?: number): Promise<void> {
     const dir = join(target, '..');
     await mkdir(dir, { recursive: true });
     const temp = join(dir, `.tmp-${randomBytes(6).toString('hex')}`);
     const fh = await open(temp, 'w');
     try {
       await fh.writeFile(bytes);
+      if (mtime !== undefined) await fh.utimes(new Date(), mtime);
       await fh.sync();
     } catch (e) {
       await fh.close();
@@ -101,6 +277,33 @@ export class DiskStore implements BlobStore {
     }
     await fh.close();
     await rename(temp, target);
+  }
+
+  async removeStaleTemps(now = Date.now()): Promise<number> {
+    let removed = 0;
+    for (const dir of [this.blobsDir, join(this.root, 'manifests', 'sha256')]) {
+      const names = await readdir(dir).catch(() => [] as string[]);
+      for (const name of names) {
+        if (!name.includes('.tmp-')) continue; // ours (.tmp-x) and the build tool's (<hex>.tmp-x)
+        const s = await stat(join(dir, name)).catch(() => null);
+        // ctime, not mtime: a temp file carries the verified mtime stamp before its rename.
+        if (s && now - s.ctimeMs > STALE_TEMP_MS) {
+          await rm(join(dir, name), { force: true });
+          removed++;
+        }
+      }
+    }
+    return removed;
+  }
+}
+
+/** A manifest's canonical JSON starts with `{` and names our schema; blobs are binary or other JSON. */
+function isManifestBytes(bytes: Uint8Array): boolean {
+  if (bytes[0] !== 0x7b || bytes.byteLength > 16 * 1024 * 1024) return false;
+  try {
+    return (JSON.parse(new TextDecoder().decode(bytes)) as { schema?: unknown })?.schema === MANIFEST_SCHEMA;
+  } catch {
+    return false;
   }
 }
 

@@ -1,0 +1,38 @@
+/**
+ * The sample model built into an artifact by the real build tool (`fuseload sample` then
+ * `fuseload build`), with a `latest` tag, for the Node runtime's tests and bench.
+ */
+import { mkdir, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { Digest } from '../../common/digest.ts';
+import { tagKey } from '../../common/keys.ts';
+import { build } from '../../tools/build/build.ts';
+import { writeSample } from '../../tools/sample/sample.ts';
+
+export interface BuiltSample {
+  dir: string;
+  fingerprint: Digest;
+  graph: Digest;
+}
+
+/** Writes the sample's sources under `<work>/src` and its artifact under `<work>/artifact`. */
+export async function buildSampleArtifact(
+  work: string,
+  options: { name?: string; tag?: string; loras?: { file: string; scale: number }[] } = {},
+): Promise<BuiltSample> {
+  const src = join(work, 'src');
+  const dir = join(work, 'artifact');
+  await writeSample(src);
+  const name = options.name ?? 'sample';
+  const report = await build({
+    base: join(src, 'model.onnx'),
+    loras: (options.loras ?? []).map((l) => ({ path: join(src, l.file), scale: l.scale })),
+    name,
+    out: dir,
+    store: null,
+  });
+  const tag = join(dir, tagKey(name, options.tag ?? 'latest'));
+  await mkdir(join(tag, '..'), { recursive: true });
+  await writeFile(tag, JSON.stringify({ manifest: report.fingerprint }));
+  return { dir, fingerprint: report.fingerprint, graph: report.graph.digest };
+}

@@ -1,0 +1,57 @@
+/** `fuseload serve --origin <url> [--port 8787] [--host 127.0.0.1]`: the generation server. */
+import { type Command, InvalidArgumentError, Option } from 'commander';
+import type { Device } from '../../common/pipeline.ts';
+import { createNodeRuntime } from '../runtime/index.ts';
+import { installedProviders } from '../runtime/ort-engine.ts';
+import { DEFAULT_LIMITS } from '../server/app.ts';
+import { listen } from '../server/node.ts';
+
+interface ServeFlags {
+  origin: string;
+  port: number;
+  host: string;
+  device: Device;
+  concurrency: number;
+  queue: number;
+  maxSide: number;
+}
+
+const intIn = (name: string, min: number, max: number) => (value: string) => {
+  const n = Number(value);
+  if (!Number.isInteger(n) || n < min || n > max) throw new InvalidArgumentError(`${name} must be an integer in [${min}, ${max}]`);
+  return n;
+};
+
+export function register(program: Command): void {
+  program
+    .command('serve')
+    .description('Serve POST /v1/generate and GET /healthz with the Node runtime')
+    .requiredOption('--origin <url>', 'where artifacts are served', process.env.FUSELOAD_ORIGIN)
+    .option('--port <n>', 'port (0 picks a free one)', intIn('--port', 0, 65535), Number(process.env.PORT ?? 8787))
+    .option('--host <addr>', 'address to bind', '127.0.0.1')
+    .addOption(new Option('--device <device>', 'execution provider').choices(['auto', 'cuda', 'cpu']).default('auto'))
+    .option('--concurrency <n>', 'generations at once', intIn('--concurrency', 1, 64), DEFAULT_LIMITS.concurrency)
+    .option('--queue <n>', 'generations allowed to wait', intIn('--queue', 0, 1024), DEFAULT_LIMITS.queue)
+    .option('--max-side <px>', 'largest width/height', intIn('--max-side', 8, 4096), DEFAULT_LIMITS.maxSide)
+    .action(async (flags: ServeFlags) => {
+      const log = (line: string) => process.stderr.write(`${new Date().toISOString()} ${line}\n`);
+      const runtime = createNodeRuntime({ warn: (m) => log(`warning: ${m}`) });
+      const server = await listen({
+        origin: flags.origin,
+        loadPipeline: runtime.loadPipeline,
+        device: flags.device,
+        providers: installedProviders(),
+        limits: { concurrency: flags.concurrency, queue: flags.queue, maxSide: flags.maxSide },
+        log,
+        port: flags.port,
+        host: flags.host,
+      });
+      // Tests and supervisors read the URL from this line.
+      process.stdout.write(`fuseload serve: listening on ${server.url} (store ${runtime.store.root})\n`);
+      await new Promise<void>((resolve) => {
+        const stop = () => void server.close().finally(resolve);
+        process.once('SIGINT', stop);
+        process.once('SIGTERM', stop);
+      });
+    });
+}
