@@ -1,0 +1,1 @@
+export { isHuggingFaceHost, publicSource, resolveInput, type ResolveInputOptions, type ResolvedInput } from './resolve-input.ts';
