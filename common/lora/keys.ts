@@ -1,0 +1,82 @@
+/**
+ * LoRA key → module path. Three naming conventions reach the same module:
+ *   kohya      lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q.lora_down.weight
+ *   PEFT       base_model.model.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.lora_A.weight
+ *   diffusers  unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.lora.down.weight
+ * and a graph names it by node path (/down_blocks.0/…/attn1/to_q/MatMul) or initializer
+ * (…to_q.weight). kohya's underscores cannot be turned back into dots unambiguously
+ * (`to_q`), so both sides are compared through one flattened form: `moduleMatchKey`.
+ */
+
+export type LoraFormat = 'kohya' | 'peft' | 'diffusers';
+export type LoraPart = 'up' | 'down' | 'alpha';
+
+export interface LoraKey {
+  /** The module as the file names it (prefix and suffix removed). */
+  module: string;
+  /** `moduleMatchKey(module)`: what a tensor index `module` is compared with. */
+  match: string;
+  part: LoraPart;
+  format: LoraFormat;
+}
+
+/** The flattened comparison form of a module path: separators → `_`, known prefixes dropped. */
+export function moduleMatchKey(module: string): string {
+  let m = module.replace(/[./]/g, '_');
+  m = m.replace(/^(lora_unet_|lora_te[12]?_|unet_|base_model_model_|transformer_)/, '');
+  return m;
+}
+
+const KOHYA_RE = /^(lora_(?:unet|te[12]?)_[A-Za-z0-9_]+)\.(lora_down\.weight|lora_up\.weight|alpha)$/;
+const PEFT_RE = /^(.+?)\.lora_([AB])(?:\.[A-Za-z0-9_-]+)?\.weight$/;
+const PEFT_ALPHA_RE = /^(.+?)\.alpha$/;
+const DIFFUSERS_RE = /^(.+?)\.(?:lora|lora_linear_layer)\.(down|up)\.weight$/;
+const DIFFUSERS_PROCESSOR_RE = /^(.+)\.processor\.(to_q|to_k|to_v|to_out)_lora\.(down|up)\.weight$/;
+
+/** Parses one tensor name of a LoRA file; null when it is not a LoRA key we know. */
+export function parseLoraKey(key: string): LoraKey | null {
+  let m = KOHYA_RE.exec(key);
+  if (m) {
+    const part: LoraPart = m[2] === 'alpha' ? 'alpha' : m[2].startsWith('lora_down') ? 'down' : 'up';
+    return make(m[1], part, 'kohya');
+  }
+  m = PEFT_RE.exec(key);
+  if (m) return make(stripPrefix(m[1]), m[2] === 'A' ? 'down' : 'up', 'peft');
+  m = DIFFUSERS_PROCESSOR_RE.exec(key);
+  if (m) return make(`${stripPrefix(m[1])}.${m[2] === 'to_out' ? 'to_out.0' : m[2]}`, m[3] as LoraPart, 'diffusers');
+  m = DIFFUSERS_RE.exec(key);
+  if (m) return make(stripPrefix(m[1]), m[2] as LoraPart, 'diffusers');
+  m = PEFT_ALPHA_RE.exec(key);
+  if (m && !key.startsWith('lora_')) return make(stripPrefix(m[1]), 'alpha', 'diffusers');
+  return null;
+}
+
+function stripPrefix(module: string): string {
+  return module.replace(/^base_model\.model\./, '').replace(/^(unet|transformer)\./, '');
+}
+
+function make(module: string, part: LoraPart, format: LoraFormat): LoraKey {
+  return { module, match: moduleMatchKey(module), part, format };
+}
+
+/** Ops whose last path segment is an op name, not part of the module (`MatMul`, `Conv_3`). */
+const OP_SEGMENT_RE = /^(MatMul|Gemm|Conv|ConvTranspose|Add|Mul|Transpose|Cast)(_\d+)?$/;
+
+/**
+ * The dotted module path of a node named like a torch.onnx export
+ * (`/down_blocks.0/attentions.0/transformer_blocks.0/attn1/to_q/MatMul` →
+ * `down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q`); undefined if it has none.
+ */
+export function moduleFromNodeName(name: string | undefined): string | undefined {
+  if (!name || !name.includes('/')) return undefined;
+  const parts = name.split('/').filter(Boolean);
+  if (parts.length < 2 || !OP_SEGMENT_RE.test(parts[parts.length - 1])) return undefined;
+  return parts.slice(0, -1).join('.');
+}
+
+/** `down_blocks.0.proj_in.weight` → `down_blocks.0.proj_in`; exporter names (`onnx::MatMul_12`) give undefined. */
+export function moduleFromInitializerName(name: string): string | undefined {
+  if (name.includes('::') || !name.endsWith('.weight')) return undefined;
+  const module = name.slice(0, -'.weight'.length);
+  return module || undefined;
+}

@@ -1,0 +1,524 @@
+/**
+ * `fuseload build`: base ONNX + LoRAs → a fingerprinted artifact (DESIGN.md, "The artifact").
+ *
+ * Order of work: read and validate every input (nothing written yet) → look the build up in
+ * the cache → stream weights shard by shard into a temp dir beside --out, merging LoRA deltas
+ * tensor by tensor and hashing while writing → graph, LoRA blobs, manifest → rename into
+ * --out → copy into the store. At most one shard's write buffer plus one tensor (and its
+ * fp32 copy when merged) are in memory.
+ */
+import { createHash, randomBytes } from 'node:crypto';
+import { copyFile, type FileHandle, link, mkdir, open, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { basename, dirname, join, resolve } from 'node:path';
+import { canonicalJsonBytes } from '../../common/canonical-json.ts';
+import { type Digest, digestHex, sha256 } from '../../common/digest.ts';
+import { badInput, FuseloadError } from '../../common/errors.ts';
+import { applyLoraDelta } from '../../common/lora/delta.ts';
+import { matchLora } from '../../common/lora/match.ts';
+import { bytesToF32, f32ToBytes, type FloatDtype } from '../../common/lora/dtype.ts';
+import type { LoraModule } from '../../common/lora/adapter.ts';
+import { isName } from '../../common/keys.ts';
+import { decodeManifest, encodeManifest, type Manifest, MANIFEST_SCHEMA, type TensorEntry } from '../../common/manifest.ts';
+import { DiskStore } from '../store/disk-store.ts';
+import { TOOL_VERSION } from '../version.ts';
+import { encodeModel, externalRef, inlineBytes, isExternal, ONNX_DTYPES, setExternal, type TensorProto } from '../onnx/model.ts';
+import { type BaseModel, type LoraInput, readBase, readLoraInput } from './inputs.ts';
+import { mergeWithOrt } from './merge-ort.ts';
+import { fetchInput, isRemote, type LocalCopy } from './remote.ts';
+import { findTargets, type WeightTarget } from './targets.ts';
+
+export const DEFAULT_SHARD_SIZE = 64 * 1024 * 1024;
+export const ALIGNMENT = 64;
+/** Initializers smaller than this stay inline unless a LoRA could target them. */
+export const INLINE_LIMIT = 1024;
+
+export interface BuildProgress {
+  phase: 'hash' | 'weights' | 'store';
+  loaded: number;
+  total: number;
+}
+
+export interface BuildOptions {
+  base: string;
+  loras?: { path: string; scale: number }[];
+  name: string;
+  out: string;
+  shardSize?: number;
+  strict?: boolean;
+  /** The build cache; null for none. Default: DiskStore at PIPELINE_STORE / ~/.cache/fuseload. */
+  store?: DiskStore | null;
+  onProgress?: (p: BuildProgress) => void;
+  /** Tensors with at least this many elements merge on onnxruntime's CPU kernels (default 2^20). */
+  ortMergeMinElements?: number;
+}
+
+export interface LoraReport {
+  source: string;
+  digest: Digest;
+  scale: number;
+  format: string;
+  matched: number;
+  unmatched: number;
+  matchedKeys: string[];
+  unmatchedKeys: string[];
+}
+
+export interface BuildReport {
+  fingerprint: Digest;
+  /** Path of the manifest file in --out. */
+  manifest: string;
+  name: string;
+  cached: boolean;
+  graph: { digest: Digest; size: number };
+  shards: number;
+  bytes: number;
+  mergedTensors: number;
+  loras: LoraReport[];
+}
+
+interface Application {
+  lora: LoraInput;
+  module: LoraModule;
+}
+
+export async function build(options: BuildOptions): Promise<BuildReport> {
+  const shardSize = options.shardSize ?? DEFAULT_SHARD_SIZE;
+  if (!isName(options.name)) throw badInput(`--name ${options.name}`, 'must be [A-Za-z0-9][A-Za-z0-9._-]* (at most 128 characters)');
+  if (!Number.isSafeInteger(shardSize) || shardSize <= 0) throw badInput(`--shard-size ${shardSize}`, 'must be a positive integer');
+  const out = resolve(options.out);
+  await checkOutDir(out);
+  const store = options.store === undefined ? new DiskStore() : options.store;
+  const progress = options.onProgress ?? (() => {});
+
+  // Remote inputs are fetched into temp dirs first; the build reads only local files.
+  const fetched: LocalCopy[] = [];
+  try {
+    let basePath = resolve(options.base);
+    let baseSource: string | undefined;
+    if (isRemote(options.base)) {
+      const copy = await fetchInput(options.base, 'base');
+      fetched.push(copy);
+      basePath = copy.path;
+      baseSource = copy.source;
+    }
+    const loraPaths: { path: string; scale: number; source?: string }[] = [];
+    for (const l of options.loras ?? []) {
+      if (!isRemote(l.path)) {
+        loraPaths.push({ path: resolve(l.path), scale: l.scale });
+        continue;
+      }
+      const copy = await fetchInput(l.path, 'lora');
+      fetched.push(copy);
+      loraPaths.push({ path: copy.path, scale: l.scale, source: copy.source });
+    }
+
+    // 1. Inputs, all validated before anything is written.
+    const base = await readBase(basePath, (n) => progress({ phase: 'hash', loaded: n, total: 0 }));
+    if (baseSource) base.source = baseSource;
+    try {
+      return await buildFrom(base, loraPaths, options, out, shardSize, store, progress);
+    } finally {
+      await base.cancel();
+    }
+  } finally {
+    for (const copy of fetched) await copy.dispose();
+  }
+}
+
+async function buildFrom(
+  base: BaseModel,
+  loraPaths: { path: string; scale: number; source?: string }[],
+  options: BuildOptions,
+  out: string,
+  shardSize: number,
+  store: DiskStore | null,
+  progress: (p: BuildProgress) => void,
+): Promise<BuildReport> {
+  const loras: LoraInput[] = [];
+  for (const l of loraPaths) {
+    const lora = await readLoraInput(l.path, l.scale);
+    if (l.source) lora.source = l.source;
+    loras.push(lora);
+  }
+  // Order-independence: LoRAs are applied and recorded in (digest, scale) order.
+  loras.sort((a, b) => (a.digest < b.digest ? -1 : a.digest > b.digest ? 1 : a.scale - b.scale));
+
+  const graph = base.model.graph!;
+  const targets = findTargets(graph);
+  const inits = new Map((graph.initializer ?? []).map((t) => [t.name!, t]));
+  const entries = [...targets.values()].map((t) => ({ name: t.initializer, module: t.module, layout: t.layout, shape: inits.get(t.initializer)!.dims ?? [] }));
+  const applications = new Map<string, Application[]>();
+  const reports: LoraReport[] = [];
+  for (const lora of loras) {
+    const { applications: found, matchedKeys, unmatchedKeys } = matchLora(lora.adapter, entries, lora.source);
+    for (const { target, module } of found) {
+      const init = inits.get(target.name)!;
+      const dtype = ONNX_DTYPES[init.dataType ?? 0]?.dtype;
+      if (dtype !== 'float32' && dtype !== 'float16' && dtype !== 'bfloat16') {
+        throw new FuseloadError('unsupported', `${base.source}: weight "${target.name}" targeted by ${lora.source} is ${dtype ?? `data type ${init.dataType}`}, not fp32/fp16/bf16`);
+      }
+      const list = applications.get(target.name) ?? [];
+      list.push({ lora, module });
+      applications.set(target.name, list);
+    }
+    if (options.strict && unmatchedKeys.length) {
+      throw badInput(lora.source, `${unmatchedKeys.length} key(s) match no weight in ${base.source} (--strict), first "${unmatchedKeys[0]}"`);
+    }
+    reports.push({
+      source: lora.source,
+      digest: lora.digest,
+      scale: lora.scale,
+      format: lora.adapter.format,
+      matched: matchedKeys.length,
+      unmatched: unmatchedKeys.length,
+      matchedKeys,
+      unmatchedKeys,
+    });
+  }
+
+  // 2. Write into a temp dir beside --out (renamed at the end, removed on any failure) while
+  //    the base's external data is still being hashed; then consult the build cache, which
+  //    needs that digest: same inputs and options → the same artifact, verified before reuse.
+  const temp = join(dirname(out), `.${basename(out)}.fuseload-${randomBytes(6).toString('hex')}`);
+  const blobDir = join(temp, 'blobs', 'sha256');
+  let aborted = false;
+  let pending: Promise<unknown> | undefined;
+  try {
+    await mkdir(blobDir, { recursive: true });
+    const writing = writeArtifact({
+      base,
+      loras,
+      reports,
+      applications,
+      targets,
+      shardSize,
+      blobDir,
+      name: options.name,
+      strict: !!options.strict,
+      ortMergeMinElements: options.ortMergeMinElements ?? 1 << 20,
+      progress,
+      aborted: () => aborted,
+    });
+    pending = writing.catch(() => {});
+    const baseDigest = await base.digest;
+    const cacheKey = await sha256(
+      canonicalJsonBytes({
+        tool: TOOL_VERSION,
+        name: options.name,
+        base: { digest: baseDigest, source: base.source },
+        loras: loras.map((l) => ({ digest: l.digest, scale: l.scale, source: l.source, config: l.config ?? null })),
+        shardSize,
+        strict: !!options.strict,
+      }),
+    );
+    if (store) {
+      const hit = await fromCache(store, cacheKey, out);
+      if (hit) {
+        aborted = true;
+        return { ...hit, cached: true, loras: reports };
+      }
+    }
+    const { manifest, bytes, mergedTensors } = await writing;
+    const encoded = await encodeManifest(manifest);
+    const manifestRel = join('manifests', 'sha256', `${digestHex(encoded.fingerprint)}.json`);
+    await mkdir(join(temp, 'manifests', 'sha256'), { recursive: true });
+    await writeFile(join(temp, manifestRel), encoded.bytes);
+    await moveInto(temp, out);
+    if (store) await toCache(store, cacheKey, out, manifest, encoded.fingerprint, encoded.bytes, progress);
+    return {
+      fingerprint: encoded.fingerprint,
+      manifest: join(out, manifestRel),
+      name: options.name,
+      cached: false,
+      graph: manifest.graph,
+      shards: manifest.shards.length,
+      bytes,
+      mergedTensors,
+      loras: reports,
+    };
+  } finally {
+    aborted = true;
+    await pending; // never remove the temp dir under a write still in flight
+    await rm(temp, { recursive: true, force: true });
+  }
+}
+
+interface WriteInput {
+  base: BaseModel;
+  loras: LoraInput[];
+  reports: LoraReport[];
+  applications: Map<string, Application[]>;
+  targets: Map<string, WeightTarget>;
+  shardSize: number;
+  blobDir: string;
+  name: string;
+  strict: boolean;
+  ortMergeMinElements: number;
+  progress: (p: BuildProgress) => void;
+  /** True once the result is not wanted (a cache hit, or a failure elsewhere). */
+  aborted: () => boolean;
+}
+
+interface PlannedTensor {
+  proto: TensorProto;
+  shard: number;
+  offset: number;
+  length: number;
+}
+
+async function writeArtifact(w: WriteInput): Promise<{ manifest: Manifest; bytes: number; mergedTensors: number }> {
+  const { base, targets, shardSize } = w;
+  const input = base.source;
+  const graph = base.model.graph!;
+  const files = new Map<string, FileHandle>();
+  const scratch = [Buffer.allocUnsafeSlow(0), Buffer.allocUnsafeSlow(0)];
+  try {
+    for (const [location, file] of base.external) files.set(location, await open(file.path, 'r'));
+    const readTensor = async (t: TensorProto, slot = 0): Promise<Uint8Array> => {
+      if (!isExternal(t)) return inlineBytes(t, input);
+      const ref = base.refs.get(t.name!) ?? externalRef(t, input);
+      // Two read buffers for the whole build, alternating: tensor i is hashed and written
+      // while tensor i+1 is read and merged, and tensor i+2 reuses tensor i's buffer.
+      if (scratch[slot].length < ref.length) scratch[slot] = Buffer.allocUnsafeSlow(ref.length);
+      const buf = scratch[slot].subarray(0, ref.length);
+      const { bytesRead } = await files.get(ref.location)!.read(buf, 0, ref.length, ref.offset);
+      if (bytesRead !== ref.length) throw badInput(input, `initializer "${t.name}" ends past the end of "${ref.location}"`);
+      return buf;
+    };
+
+    // Shard plan: a function of the base alone (graph order, 64-byte aligned, never split).
+    const plan: PlannedTensor[] = [];
+    let shard = 0;
+    let cursor = 0;
+    let shardCount = 0;
+    for (const t of graph.initializer ?? []) {
+      const info = ONNX_DTYPES[t.dataType ?? 0];
+      const length = info ? (t.dims ?? []).reduce((a, b) => a * b, 1) * info.size : 0;
+      if (!info) {
+        if (isExternal(t)) throw new FuseloadError('unsupported', `${input}: initializer "${t.name}" has data type ${t.dataType}, which fuseload cannot place in a shard`);
+        continue;
+      }
+      if (length < INLINE_LIMIT && !targets.has(t.name!)) {
+        if (isExternal(t)) {
+          const bytes = new Uint8Array(await readTensor(t)); // a copy: the read buffer is reused
+          delete t.externalData;
+          delete t.dataLocation;
+          t.rawData = bytes;
+        }
+        continue;
+      }
+      let offset = align(cursor);
+      if (shardCount > 0 && offset + length > shardSize && cursor > 0) {
+        shard++;
+        offset = 0;
+      }
+      shardCount = shard + 1;
+      plan.push({ proto: t, shard, offset, length });
+      cursor = offset + length;
+    }
+    const total = plan.reduce((a, p) => a + p.length, 0);
+
+    const shards: { digest: Digest; size: number }[] = [];
+    let loaded = 0;
+    let mergedTensors = 0;
+    // Tensor bytes, read and merged one tensor ahead of the writer.
+    const produce = async (k: number): Promise<Uint8Array> => {
+      const p = plan[k];
+      const bytes = await readTensor(p.proto, k % 2);
+      const apps = w.applications.get(p.proto.name!);
+      if (!apps) return bytes;
+      mergedTensors++;
+      return merge(bytes, p.proto, targets.get(p.proto.name!)!, apps, w.ortMergeMinElements);
+    };
+    let ahead: Promise<Uint8Array> | undefined;
+    let i = 0;
+    for (let s = 0; s < shardCount; s++) {
+      const tempPath = join(w.blobDir, `.shard-${s}`);
+      const fh = await open(tempPath, 'w');
+      const hash = createHash('sha256');
+      let size = 0;
+      try {
+        for (; i < plan.length && plan[i].shard === s; i++) {
+          if (w.aborted()) throw new FuseloadError('aborted', 'build superseded');
+          const p = plan[i];
+          if (p.offset > size) {
+            const pad = Buffer.alloc(p.offset - size);
+            hash.update(pad);
+            await writeAll(fh, pad);
+            size = p.offset;
+          }
+          const bytes = await (ahead ?? produce(i));
+          ahead = i + 1 < plan.length ? produce(i + 1) : undefined;
+          ahead?.catch(() => {}); // awaited on the next turn
+          hash.update(bytes);
+          await writeAll(fh, bytes);
+          size += bytes.length;
+          loaded += bytes.length;
+          w.progress({ phase: 'weights', loaded, total });
+        }
+      } finally {
+        await fh.close();
+      }
+      const digest: Digest = `sha256:${hash.digest('hex')}`;
+      await rename(tempPath, join(w.blobDir, digestHex(digest)));
+      shards.push({ digest, size });
+    }
+
+    const tensors: TensorEntry[] = plan.map((p) => {
+      const target = targets.get(p.proto.name!);
+      setExternal(p.proto, { location: digestHex(shards[p.shard].digest), offset: p.offset, length: p.length });
+      return {
+        name: p.proto.name!,
+        shard: p.shard,
+        offset: p.offset,
+        length: p.length,
+        dtype: ONNX_DTYPES[p.proto.dataType!].dtype,
+        shape: [...(p.proto.dims ?? [])],
+        layout: target?.layout ?? 'none',
+        ...(target ? { module: target.module } : {}),
+      };
+    });
+    const graphBytes = encodeModel(base.model);
+    const graphDigest = await sha256(graphBytes);
+    await writeFile(join(w.blobDir, digestHex(graphDigest)), graphBytes);
+    // LoRA files travel with the artifact so runtimes can overlay them at load time.
+    for (const l of w.loras) await writeFile(join(w.blobDir, digestHex(l.digest)), l.bytes);
+
+    const manifest: Manifest = {
+      schema: MANIFEST_SCHEMA,
+      name: w.name,
+      graph: { digest: graphDigest, size: graphBytes.length },
+      shards,
+      base: { digest: await base.digest, source: base.source },
+      loras: w.reports.map((r) => ({ digest: r.digest, scale: r.scale, matched: r.matched, unmatched: r.unmatched, format: r.format as 'kohya', source: r.source })),
+      tensors,
+      build: { tool: 'fuseload', version: TOOL_VERSION, shardSize, alignment: ALIGNMENT, strict: w.strict },
+    };
+    return { manifest, bytes: total, mergedTensors };
+  } finally {
+    for (const fh of files.values()) await fh.close();
+  }
+}
+
+function align(n: number): number {
+  return Math.ceil(n / ALIGNMENT) * ALIGNMENT;
+}
+
+async function writeAll(fh: FileHandle, bytes: Uint8Array): Promise<void> {
+  let at = 0;
+  while (at < bytes.length) {
+    const { bytesWritten } = await fh.write(bytes, at, bytes.length - at);
+    at += bytesWritten;
+  }
+}
+
+/**
+ * fp32 merge of every LoRA aimed at one tensor, in (digest, scale) order, cast back once.
+ * Large fp32/fp16 tensors go through onnxruntime (merge-ort.ts); the rest, and bf16, through
+ * the shared JavaScript math. The choice depends only on the tensor, so builds stay reproducible.
+ */
+async function merge(bytes: Uint8Array, t: TensorProto, target: WeightTarget, apps: Application[], ortMin: number): Promise<Uint8Array> {
+  const dtype = ONNX_DTYPES[t.dataType!].dtype as FloatDtype;
+  const count = (t.dims ?? []).reduce((a, b) => a * b, 1);
+  if (dtype !== 'bfloat16' && count >= ortMin) {
+    const terms = apps.map(({ lora, module }) => ({ up: module.up!, down: module.down!, alpha: module.alpha, scale: lora.scale }));
+    return mergeWithOrt(bytes, dtype, t.dims ?? [], target.layout, terms);
+  }
+  const weight = bytesToF32(bytes, dtype);
+  for (const { lora, module } of apps) {
+    applyLoraDelta(weight, { name: t.name, shape: t.dims ?? [], layout: target.layout }, module.up!, module.down!, module.alpha, lora.scale, `${lora.source}: "${module.label}"`);
+  }
+  return f32ToBytes(weight, dtype);
+}
+
+/** --out may be missing, empty, or an artifact directory (only blobs/, manifests/, tags/). */
+async function checkOutDir(out: string): Promise<void> {
+  let entries: string[];
+  try {
+    const s = await stat(out);
+    if (!s.isDirectory()) throw badInput(out, 'exists and is not an artifact directory');
+    entries = await readdir(out);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return;
+    throw e;
+  }
+  const foreign = entries.find((e) => !['blobs', 'manifests', 'tags'].includes(e));
+  if (foreign) throw badInput(out, `exists and is not an artifact directory (it holds "${foreign}")`);
+}
+
+/** Renames the finished temp dir into place; into an existing artifact dir, file by file. */
+async function moveInto(temp: string, out: string): Promise<void> {
+  try {
+    await rename(temp, out);
+    return;
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code !== 'ENOTEMPTY' && code !== 'EEXIST' && code !== 'EISDIR') throw e;
+  }
+  for (const sub of [join('blobs', 'sha256'), join('manifests', 'sha256')]) {
+    await mkdir(join(out, sub), { recursive: true });
+    for (const name of await readdir(join(temp, sub))) {
+      await rename(join(temp, sub, name), join(out, sub, name));
+    }
+  }
+}
+
+/** Store layout for the cache: blobs and manifests as everywhere, plus builds/<key>.json. */
+async function fromCache(store: DiskStore, key: Digest, out: string): Promise<Omit<BuildReport, 'cached' | 'loras'> | null> {
+  let record: { fingerprint: Digest };
+  let manifestBytes: Uint8Array;
+  try {
+    record = JSON.parse(await readFile(join(store.root, 'builds', `${digestHex(key)}.json`), 'utf8'));
+    manifestBytes = await readFile(join(store.root, 'manifests', 'sha256', `${digestHex(record.fingerprint)}.json`));
+  } catch {
+    return null;
+  }
+  let manifest: Manifest;
+  try {
+    manifest = await decodeManifest(manifestBytes, 'cached manifest', record.fingerprint);
+  } catch {
+    return null;
+  }
+  const blobs = [manifest.graph, ...manifest.shards, ...manifest.loras.map((l) => ({ digest: l.digest }))];
+  for (const b of blobs) if (!(await store.verify(b.digest))) return null;
+  const temp = join(dirname(out), `.${basename(out)}.fuseload-${randomBytes(6).toString('hex')}`);
+  try {
+    await mkdir(join(temp, 'blobs', 'sha256'), { recursive: true });
+    await mkdir(join(temp, 'manifests', 'sha256'), { recursive: true });
+    for (const b of blobs) await copyFile(store.path(b.digest), join(temp, 'blobs', 'sha256', digestHex(b.digest)));
+    const rel = join('manifests', 'sha256', `${digestHex(record.fingerprint)}.json`);
+    await writeFile(join(temp, rel), manifestBytes);
+    await moveInto(temp, out);
+    return {
+      fingerprint: record.fingerprint,
+      manifest: join(out, rel),
+      name: manifest.name,
+      graph: manifest.graph,
+      shards: manifest.shards.length,
+      bytes: manifest.tensors.reduce((a, t) => a + t.length, 0),
+      mergedTensors: 0,
+    };
+  } finally {
+    await rm(temp, { recursive: true, force: true });
+  }
+}
+
+async function toCache(store: DiskStore, key: Digest, out: string, manifest: Manifest, fingerprint: Digest, manifestBytes: Uint8Array, progress: (p: BuildProgress) => void): Promise<void> {
+  const blobs = [manifest.graph.digest, ...manifest.shards.map((s) => s.digest), ...manifest.loras.map((l) => l.digest)];
+  let done = 0;
+  for (const digest of blobs) {
+    if (!(await store.has(digest))) {
+      const target = store.path(digest);
+      await mkdir(dirname(target), { recursive: true });
+      const temp = `${target}.tmp-${randomBytes(6).toString('hex')}`;
+      // A hard link costs no bytes (blobs are immutable, and the store re-hashes before reuse);
+      // a copy across filesystems. Rename keeps it atomic.
+      const source = join(out, 'blobs', 'sha256', digestHex(digest));
+      await link(source, temp).catch(() => copyFile(source, temp));
+      await rename(temp, target);
+    }
+    progress({ phase: 'store', loaded: ++done, total: blobs.length });
+  }
+  await store.writeAtomic(join(store.root, 'manifests', 'sha256', `${digestHex(fingerprint)}.json`), manifestBytes);
+  await store.writeAtomic(join(store.root, 'builds', `${digestHex(key)}.json`), canonicalJsonBytes({ fingerprint }));
+}

@@ -1,0 +1,139 @@
+/**
+ * Reading build inputs: the base model (and its external data files) and each LoRA, with
+ * their digests. Everything that can be wrong with an input is found here, before a byte
+ * is written anywhere.
+ */
+import { readFile, stat } from 'node:fs/promises';
+import { basename, dirname, isAbsolute, join, normalize } from 'node:path';
+import { canonicalJsonBytes } from '../../common/canonical-json.ts';
+import { type Digest, sha256 } from '../../common/digest.ts';
+import { badInput } from '../../common/errors.ts';
+import { type LoraAdapter, type PeftConfig, parsePeftConfig, readLora } from '../../common/lora/adapter.ts';
+import { type FileHashing, hashFilesInWorker } from './hash-worker.ts';
+import { decodeModel, type ExternalRef, externalRef, isExternal, type ModelProto } from '../onnx/model.ts';
+
+export interface BaseModel {
+  path: string;
+  /** For the manifest: a basename, never a host path. */
+  source: string;
+  /** Resolves once the base (and its external data) is hashed. */
+  digest: Promise<Digest>;
+  /** Stops hashing, when the build ends early. */
+  cancel(): Promise<void>;
+  model: ModelProto;
+  /** External data files in first-use order: location → absolute path and size. */
+  external: Map<string, { path: string; size: number }>;
+  refs: Map<string, ExternalRef>;
+}
+
+async function fileSize(path: string, input: string): Promise<number> {
+  try {
+    const s = await stat(path);
+    if (!s.isFile()) throw badInput(input, 'is not a file');
+    return s.size;
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') throw badInput(input, 'no such file');
+    throw e;
+  }
+}
+
+/**
+ * base.digest: sha256 of the .onnx bytes; with external data, sha256 of the canonical JSON
+ * `{"external":[<digest of each external file, first-use order>],"graph":<digest of .onnx>}`.
+ */
+export async function readBase(path: string, onHash?: (bytes: number) => void): Promise<BaseModel> {
+  const input = basename(path);
+  await fileSize(path, path);
+  const bytes = await readFile(path);
+  const model = decodeModel(bytes, input);
+  const graphDigest = await sha256(bytes);
+  const external = new Map<string, { path: string; size: number }>();
+  const refs = new Map<string, ExternalRef>();
+  for (const t of model.graph!.initializer ?? []) {
+    if (!isExternal(t)) continue;
+    const ref = externalRef(t, input);
+    if (isAbsolute(ref.location) || normalize(ref.location).startsWith('..')) {
+      throw badInput(input, `initializer "${t.name}" has external data at "${ref.location}", outside the model's directory`);
+    }
+    let file = external.get(ref.location);
+    if (!file) {
+      const p = join(dirname(path), ref.location);
+      file = { path: p, size: await fileSize(p, `${input}: external data "${ref.location}"`) };
+      external.set(ref.location, file);
+    }
+    if (ref.offset + ref.length > file.size) {
+      throw badInput(input, `initializer "${t.name}" ends at byte ${ref.offset + ref.length} of "${ref.location}" but the file has ${file.size}`);
+    }
+    refs.set(t.name!, ref);
+  }
+  // External data is hashed on a worker thread while the build pass runs (see build.ts).
+  let hashing: FileHashing | undefined;
+  let digest: Promise<Digest>;
+  if (external.size) {
+    hashing = hashFilesInWorker([...external.values()].map((f) => f.path), onHash);
+    const files = hashing.digests;
+    digest = files.then((digests) => sha256(canonicalJsonBytes({ graph: graphDigest, external: digests })));
+    digest.catch(() => {});
+  } else digest = Promise.resolve(graphDigest);
+  return { path, source: input, digest, cancel: async () => hashing?.cancel(), model, external, refs };
+}
+
+export interface LoraInput {
+  path: string;
+  source: string;
+  scale: number;
+  bytes: Uint8Array;
+  digest: Digest;
+  adapter: LoraAdapter;
+  /** The PEFT config that was applied, if any (it changes the math, so the cache key has it). */
+  config?: PeftConfig;
+  configSource?: string;
+}
+
+/**
+ * A PEFT adapter config pairs with its weights as `<stem>.adapter_config.json` beside the
+ * file, or as `adapter_config.json` in the same folder (the PEFT save_pretrained layout).
+ */
+async function findPeftConfig(path: string): Promise<string | undefined> {
+  const stem = basename(path).replace(/\.safetensors$/, '');
+  for (const candidate of [join(dirname(path), `${stem}.adapter_config.json`), join(dirname(path), 'adapter_config.json')]) {
+    try {
+      if ((await stat(candidate)).isFile()) return candidate;
+    } catch {
+      // not there
+    }
+  }
+  return undefined;
+}
+
+export async function readLoraInput(path: string, scale: number): Promise<LoraInput> {
+  const input = basename(path);
+  await fileSize(path, path);
+  const bytes = new Uint8Array(await readFile(path));
+  const digest = await sha256(bytes);
+  const configPath = await findPeftConfig(path);
+  let config: PeftConfig | undefined;
+  if (configPath) {
+    let json: unknown;
+    try {
+      json = JSON.parse(await readFile(configPath, 'utf8'));
+    } catch (e) {
+      throw badInput(basename(configPath), `is not valid JSON (${(e as Error).message})`);
+    }
+    config = parsePeftConfig(json, basename(configPath));
+  }
+  const adapter = readLora(bytes, input, config);
+  return { path, source: input, scale, bytes, digest, adapter, config, configSource: configPath && basename(configPath) };
+}
+
+/**
+ * `file.safetensors`, `file.safetensors:0.8`. The scale must be a finite number.
+ */
+export function parseLoraArg(arg: string): { path: string; scale: number } {
+  const m = /^(.*):([^:/\\]*)$/.exec(arg);
+  if (!m || !m[1] || /^[a-zA-Z]$/.test(m[1])) return { path: arg, scale: 1 };
+  const text = m[2].trim();
+  const scale = text === '' ? NaN : Number(text);
+  if (!Number.isFinite(scale)) throw badInput(`--lora ${arg}`, `scale "${m[2]}" is not a finite number`);
+  return { path: m[1], scale };
+}
