@@ -79,4 +79,26 @@ describe('publishing what `fuseload build` wrote', () => {
     expect(got.digest).toBe(warm.manifest.loras[0].digest);
     expect(got.path).toBe(store.path(got.digest));
   });
+
+  it('`fuseload build --base s3://… --lora s3://…:0.8` gives the same weights as the local build', async () => {
+    const put = async (key: string, file: string) =>
+      s3.client.send(new PutObjectCommand({ Bucket: BUCKET, Key: key, Body: await readFile(join(work, 'sample', file)) }));
+    await put('models/model.onnx', 'model.onnx');
+    await put('models/warm.safetensors', 'warm.safetensors');
+    const r = await runCli(
+      ['build', '--base', `s3://${BUCKET}/models/model.onnx`, '--lora', `s3://${BUCKET}/models/warm.safetensors:0.8`, '--name', 'sample', '--out', join(work, 's3-warm'), '--shard-size', '8KiB', '--json'],
+      { ...s3.env, PIPELINE_STORE: join(work, 's3-store') },
+    );
+    expect(r.stderr).toBe('');
+    expect(r.code).toBe(0);
+    const report = JSON.parse(r.stdout);
+    const [name] = await readdir(join(work, 's3-warm', 'manifests', 'sha256'));
+    const m = await decodeManifest(new Uint8Array(await readFile(join(work, 's3-warm', 'manifests', 'sha256', name))), name, report.fingerprint);
+    // Same bytes, other source: identical weights and digests, only the recorded sources differ.
+    expect(m.base).toEqual({ digest: warm.manifest.base.digest, source: `s3://${BUCKET}/models/model.onnx` });
+    expect(m.shards).toEqual(warm.manifest.shards);
+    expect(m.loras[0]).toMatchObject({ digest: warm.manifest.loras[0].digest, scale: 0.8, source: `s3://${BUCKET}/models/warm.safetensors` });
+    // The downloads went through the content-addressed store, verified.
+    expect(await new DiskStore(join(work, 's3-store')).has(warm.manifest.loras[0].digest)).toBe(true);
+  });
 });

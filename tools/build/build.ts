@@ -96,7 +96,7 @@ export async function build(options: BuildOptions): Promise<BuildReport> {
     let basePath = resolve(options.base);
     let baseSource: string | undefined;
     if (isRemote(options.base)) {
-      const copy = await fetchInput(options.base, 'base');
+      const copy = await fetchInput(options.base, 'base', store);
       fetched.push(copy);
       basePath = copy.path;
       baseSource = copy.source;
@@ -107,7 +107,7 @@ export async function build(options: BuildOptions): Promise<BuildReport> {
         loraPaths.push({ path: resolve(l.path), scale: l.scale });
         continue;
       }
-      const copy = await fetchInput(l.path, 'lora');
+      const copy = await fetchInput(l.path, 'lora', store);
       fetched.push(copy);
       loraPaths.push({ path: copy.path, scale: l.scale, source: copy.source });
     }

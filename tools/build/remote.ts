@@ -1,52 +1,19 @@
 /**
- * https:// (and http://) build inputs: fetched into a local temp dir first, so the build
- * itself only ever reads files. A base's external data files are fetched relative to its URL.
- * HF_TOKEN, when set, is sent to huggingface.co only, and never appears in a message.
+ * Remote build inputs (`s3://`, `https://`, `http://` for local servers). Each file is
+ * fetched by the shared input resolver (tools/fetch-input: hashed while it streams into the
+ * content-addressed store, S3 configuration and HF_TOKEN handling in one place), then linked
+ * under its own name into a temp dir, so the build only ever reads local files and a base's
+ * external-data files sit beside it under the names its graph gives them.
  */
-import { createWriteStream } from 'node:fs';
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { copyFile, link, mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, posix } from 'node:path';
-import { Readable } from 'node:stream';
-import { pipeline } from 'node:stream/promises';
-import { FuseloadError } from '../../common/errors.ts';
+import { resolveInput } from '../fetch-input/index.ts';
+import { DiskStore } from '../store/disk-store.ts';
 import { decodeModel, externalRef, isExternal } from '../onnx/model.ts';
 
 export function isRemote(src: string): boolean {
-  return /^https?:\/\//i.test(src);
-}
-
-/** A URL fit for a manifest or a message: no credentials, no query, no fragment. */
-export function publicUrl(src: string): string {
-  const u = new URL(src);
-  u.username = '';
-  u.password = '';
-  u.search = '';
-  u.hash = '';
-  return u.toString();
-}
-
-async function download(url: string, path: string): Promise<void> {
-  const u = new URL(url);
-  const headers: Record<string, string> = {};
-  // fetch() refuses URLs with credentials: send them as Basic auth instead.
-  if (u.username || u.password) {
-    headers.authorization = `Basic ${Buffer.from(`${decodeURIComponent(u.username)}:${decodeURIComponent(u.password)}`).toString('base64')}`;
-    u.username = '';
-    u.password = '';
-  } else if (process.env.HF_TOKEN && (u.hostname === 'huggingface.co' || u.hostname.endsWith('.huggingface.co'))) {
-    headers.authorization = `Bearer ${process.env.HF_TOKEN}`;
-  }
-  let res: Response;
-  try {
-    res = await fetch(u, { headers, redirect: 'follow' });
-  } catch (e) {
-    // Only the error code: the message may quote the URL with its query.
-    const code = ((e as Error).cause as { code?: string } | undefined)?.code ?? 'network error';
-    throw new FuseloadError('network', `${publicUrl(url)}: fetch failed (${code})`);
-  }
-  if (!res.ok || !res.body) throw new FuseloadError(res.status === 404 ? 'not-found' : 'network', `${publicUrl(url)}: HTTP ${res.status}`);
-  await pipeline(Readable.fromWeb(res.body as import('node:stream/web').ReadableStream), createWriteStream(path));
+  return /^(https?|s3):\/\//i.test(src);
 }
 
 export interface LocalCopy {
@@ -55,27 +22,50 @@ export interface LocalCopy {
   dispose(): Promise<void>;
 }
 
-/** Fetches a remote .onnx (with its external data) or LoRA (with a PEFT config beside it, if any). */
-export async function fetchInput(url: string, kind: 'base' | 'lora'): Promise<LocalCopy> {
+/** The URL of a file named relative to another remote file (an external-data sibling, a PEFT config). */
+function sibling(url: string, name: string): string {
+  if (url.startsWith('s3://')) {
+    const m = /^s3:\/\/([^/]+)\/(.*)$/.exec(url)!;
+    return `s3://${m[1]}/${posix.join(posix.dirname(m[2]), name)}`;
+  }
+  return new URL(name, url).toString();
+}
+
+function fileName(url: string, fallback: string): string {
+  const path = url.startsWith('s3://') ? url.replace(/^s3:\/\/[^/]+/, '') : new URL(url).pathname;
+  return posix.basename(path) || fallback;
+}
+
+/**
+ * Fetches a remote .onnx (with its external data) or LoRA (with a PEFT config beside it, if any).
+ * `store` is where downloads land (the build cache); null means a throwaway store in the temp dir.
+ */
+export async function fetchInput(url: string, kind: 'base' | 'lora', store: DiskStore | null): Promise<LocalCopy> {
   const dir = await mkdtemp(join(tmpdir(), 'fuseload-input-'));
   const dispose = () => rm(dir, { recursive: true, force: true });
+  const blobs = store ?? new DiskStore(join(dir, '.store'));
+  const place = async (source: string, name: string) => {
+    const got = await resolveInput(source, { store: blobs });
+    const target = join(dir, name);
+    await link(got.path, target).catch(() => copyFile(got.path, target));
+    return { path: target, source: got.source };
+  };
   try {
-    const name = posix.basename(new URL(url).pathname) || (kind === 'base' ? 'model.onnx' : 'lora.safetensors');
-    const path = join(dir, name);
-    await download(url, path);
+    const name = fileName(url, kind === 'base' ? 'model.onnx' : 'lora.safetensors');
+    const main = await place(url, name);
     if (kind === 'base') {
-      const model = decodeModel(new Uint8Array(await readFile(path)), publicUrl(url));
+      const model = decodeModel(new Uint8Array(await readFile(main.path)), main.source);
       const locations = new Set<string>();
-      for (const t of model.graph!.initializer ?? []) if (isExternal(t)) locations.add(externalRef(t, publicUrl(url)).location);
+      for (const t of model.graph!.initializer ?? []) if (isExternal(t)) locations.add(externalRef(t, main.source).location);
       for (const location of locations) {
         if (location.includes('..') || location.startsWith('/')) continue; // readBase refuses it with a clear message
-        await download(new URL(location, url).toString(), join(dir, location));
+        await place(sibling(url, location), location);
       }
     } else {
       const config = name.replace(/\.safetensors$/, '.adapter_config.json');
-      await download(new URL(config, url).toString(), join(dir, config)).catch(() => {}); // optional
+      await place(sibling(url, config), config).catch(() => {}); // optional: only PEFT adapters have one
     }
-    return { path, source: publicUrl(url), dispose };
+    return { path: main.path, source: main.source, dispose };
   } catch (e) {
     await dispose();
     throw e;
