@@ -1,0 +1,260 @@
+/**
+ * The runtime-neutral loader (common/loader) in Node: a MemoryStore as the persistent tier,
+ * onnxruntime-node as the engine, the sample artifact from `fuseload build` behind a real
+ * local HTTP origin that counts requests.
+ */
+import ort from 'onnxruntime-node';
+import { afterAll, beforeAll, describe, expect, test } from 'vitest';
+import type { Digest } from '../../common/digest.ts';
+import { isFuseloadError } from '../../common/errors.ts';
+import { type Loader, type LoaderRuntime, createLoader } from '../../common/loader/index.ts';
+import type { Engine, LoadPipelineOptions, ProgressEvent, TensorLike } from '../../common/pipeline.ts';
+import { sampleFeeds } from '../../common/sample-input.ts';
+import { MemoryStore } from '../../common/store.ts';
+import { type SampleArtifact, sampleArtifact } from '../support/artifact.ts';
+import { type Origin, startOrigin } from '../support/origin.ts';
+
+let artifact: SampleArtifact;
+let origin: Origin;
+
+beforeAll(async () => {
+  artifact = await sampleArtifact();
+  origin = await startOrigin({ root: artifact.dir });
+});
+afterAll(() => origin?.close());
+
+/** onnxruntime-node on CPU; 'cuda' fails the way a machine without a GPU does, so fallback is exercised. */
+function cpuEngine(log: string[] = []): Engine {
+  return {
+    providers: (device) => (device === 'auto' ? ['cuda', 'cpu'] : device === 'cpu' || device === 'cuda' ? [device] : []),
+    async create(graph, externalData, provider) {
+      log.push(provider);
+      if (provider === 'cuda') throw new Error('no CUDA device in this test machine');
+      const session = await ort.InferenceSession.create(graph, { executionProviders: ['cpu'], externalData, logSeverityLevel: 3 });
+      return {
+        async run(feeds) {
+          const inputs = Object.fromEntries(Object.entries(feeds).map(([k, t]) => [k, new ort.Tensor('float32', t.data as Float32Array, t.dims)]));
+          const out = await session.run(inputs);
+          return Object.fromEntries(Object.entries(out).map(([k, t]) => [k, { type: t.type, dims: t.dims, data: t.data as TensorLike['data'] }]));
+        },
+        release: () => session.release(),
+      };
+    },
+  };
+}
+
+function loader(overrides: Partial<LoaderRuntime> = {}) {
+  const warnings: string[] = [];
+  const store = (overrides.store as MemoryStore | undefined) ?? new MemoryStore();
+  const l: Loader = createLoader({ engine: cpuEngine(), store, warn: (m) => warnings.push(m), ...overrides });
+  return { loader: l, store, warnings };
+}
+
+const opts = (extra: Partial<LoadPipelineOptions> = {}): LoadPipelineOptions => ({ origin: origin.url, model: artifact.name, tag: artifact.tag, device: 'auto', ...extra });
+const blobGets = () => artifact.blobs.map((b) => origin.gets(artifact.blobPath(b.digest)));
+const feeds = sampleFeeds({ seed: 3, width: 16, height: 16 });
+
+describe('createLoader', () => {
+  test('cold load: every blob from the network once, verified, stored; provider fallback recorded', async () => {
+    origin.reset();
+    const { loader: l, store } = loader();
+    const events: ProgressEvent[] = [];
+    const p = await l.loadPipeline(opts({ onProgress: (e) => events.push(e) }));
+    await l.flush();
+    expect(p.info.fingerprint).toBe(artifact.fingerprint);
+    expect(p.info.provider).toBe('cpu');
+    expect(p.info.fallbacks).toEqual([{ provider: 'cuda', reason: 'no CUDA device in this test machine' }]);
+    expect(Object.values(p.info.sources)).toEqual(artifact.blobs.map(() => 'network'));
+    expect(p.info.bytesFetched).toBe(artifact.bytes);
+    expect(blobGets()).toEqual(artifact.blobs.map(() => 1));
+    for (const b of artifact.blobs) expect(await store.has(b.digest)).toBe(true);
+    expect(await store.has(artifact.fingerprint)).toBe(true); // the manifest, keyed by its fingerprint
+
+    const out = await p.run(feeds);
+    expect(out.image.dims).toEqual([1, 3, 16, 16]);
+
+    const aggregate = events.filter((e) => e.aggregate && e.phase !== 'manifest').map((e) => e.aggregate!.loaded);
+    expect(aggregate).toEqual([...aggregate].sort((a, b) => a - b));
+    expect(events.filter((e) => e.phase === 'session').at(-1)).toMatchObject({ phase: 'session', loaded: 1, total: 1, aggregate: { loaded: artifact.bytes, total: artifact.bytes } });
+    await p.dispose();
+  });
+
+  test('warm load from the store: no blob requests; a pinned fingerprint makes no request at all', async () => {
+    const store = new MemoryStore();
+    const cold = loader({ store }).loader;
+    await (await cold.loadPipeline(opts())).dispose();
+    await cold.flush();
+    origin.reset();
+    const warm = await loader({ store }).loader.loadPipeline(opts());
+    expect(Object.values(warm.info.sources)).toEqual(artifact.blobs.map(() => 'store'));
+    expect(blobGets()).toEqual(artifact.blobs.map(() => 0));
+    origin.reset();
+    const pinned = await loader({ store }).loader.loadPipeline(opts({ tag: undefined, fingerprint: artifact.fingerprint }));
+    expect(origin.requests).toHaveLength(0);
+    expect(pinned.info.bytesFetched).toBe(0);
+  });
+
+  test('pipeline cache: same (fingerprint, overlays, provider) is built once; released with its last handle', async () => {
+    const log: string[] = [];
+    const { loader: l } = loader({ engine: cpuEngine(log) });
+    const [a, b] = await Promise.all([l.loadPipeline(opts()), l.loadPipeline(opts())]);
+    const c = await l.loadPipeline(opts({ device: 'cpu' })); // 'auto' ran on cpu, so this is a hit too
+    expect(log).toEqual(['cuda', 'cpu']);
+    expect(a.info.fromPipelineCache).toBe(false);
+    expect(b.info.fromPipelineCache).toBe(true);
+    expect(c.info.fromPipelineCache).toBe(true);
+    expect(c.info.sources[artifact.manifest.graph.digest]).toBe('memory');
+    await a.dispose();
+    await b.dispose();
+    expect((await c.run(feeds)).image.dims).toEqual([1, 3, 16, 16]);
+    await c.dispose();
+    await expect(c.run(feeds)).rejects.toThrow(/run after dispose/);
+    await l.loadPipeline(opts());
+    expect(log).toEqual(['cuda', 'cpu', 'cuda', 'cpu']); // rebuilt from the memory tier after release
+    expect(l.memory.size).toBe(artifact.blobs.length + 1);
+    await l.clearMemory();
+    expect(l.memory.size).toBe(0);
+  });
+
+  test('a corrupt blob in the store is dropped and fetched again', async () => {
+    const store = new MemoryStore();
+    const first = loader({ store }).loader;
+    await first.loadPipeline(opts());
+    await first.flush();
+    const victim = artifact.manifest.shards[0].digest;
+    const bad = (await store.get(victim))!.slice();
+    bad[0] ^= 1;
+    await store.put(victim, bad);
+    origin.reset();
+    const { loader: l, warnings } = loader({ store });
+    const p = await l.loadPipeline(opts());
+    await l.flush();
+    expect(p.info.sources[victim]).toBe('network');
+    expect(origin.gets(artifact.blobPath(victim))).toBe(1);
+    expect(warnings.join('\n')).toContain(`blob ${victim} in memory is corrupt`);
+    expect((await store.get(victim))![0]).not.toBe(bad[0]);
+  });
+
+  test('a dropped connection resumes with Range + If-Range; 5xx answers are retried', async () => {
+    const shard = artifact.manifest.shards[0];
+    const path = artifact.blobPath(shard.digest);
+    origin.reset();
+    origin.cutAfter(path, 5000);
+    origin.failWith(artifact.blobPath(artifact.manifest.graph.digest), 503, 2);
+    const p = await loader().loader.loadPipeline(opts());
+    const gets = origin.requests.filter((r) => r.path === path);
+    expect(gets.map((r) => [r.range, r.status])).toEqual([
+      [null, 200],
+      ['bytes=5000-', 206],
+    ]);
+    expect(gets[1].ifRange).toBe(`"${shard.digest.slice(7)}"`);
+    expect(origin.bytesServed(path)).toBe(shard.size);
+    expect(origin.gets(artifact.blobPath(artifact.manifest.graph.digest))).toBe(3);
+    expect(p.info.bytesFetched).toBe(artifact.bytes);
+  });
+
+  test('a store that cannot write (quota) leaves the load running from memory with a warning', async () => {
+    const store = new MemoryStore();
+    store.put = async () => {
+      throw new DOMException('quota exceeded', 'QuotaExceededError');
+    };
+    const { loader: l, warnings } = loader({ store });
+    const p = await l.loadPipeline(opts());
+    await l.flush();
+    expect(p.info.provider).toBe('cpu');
+    expect(warnings.filter((w) => /running from memory/.test(w))).toHaveLength(artifact.blobs.length);
+    expect(store.size).toBe(0);
+  });
+
+  test('a manifest that does not hash to its fingerprint is refused', async () => {
+    const corrupting: typeof fetch = async (input, init) => {
+      const response = await fetch(input, init);
+      if (!String(input).includes('/manifests/')) return response;
+      const bytes = new Uint8Array(await response.arrayBuffer());
+      bytes[bytes.length - 2] = 0x20;
+      return new Response(bytes, { status: 200 });
+    };
+    const error = await loader({ fetch: corrupting }).loader.loadPipeline(opts()).catch((e) => e);
+    expect(isFuseloadError(error) && error.code).toBe('digest-mismatch');
+  });
+
+  test('a blob corrupted in transit is fetched again once; corrupt twice, the load fails with digest-mismatch', async () => {
+    const shard = artifact.manifest.shards[0];
+    const corruptions = { left: 1 };
+    const corrupting: typeof fetch = async (input, init) => {
+      const response = await fetch(input, init);
+      if (!String(input).endsWith(shard.digest.slice(7)) || corruptions.left-- <= 0) return response;
+      const bytes = new Uint8Array(await response.arrayBuffer());
+      bytes[10] ^= 0xff;
+      return new Response(bytes, { status: 200, headers: response.headers });
+    };
+    origin.reset();
+    const { loader: ok, store } = loader({ fetch: corrupting });
+    await ok.loadPipeline(opts());
+    await ok.flush();
+    expect(origin.gets(artifact.blobPath(shard.digest))).toBe(2);
+    expect(await store.has(shard.digest)).toBe(true);
+
+    corruptions.left = 5;
+    origin.reset();
+    const { loader: bad, store: empty } = loader({ fetch: corrupting });
+    const error = await bad.loadPipeline(opts()).catch((e) => e);
+    expect(isFuseloadError(error) && error.code).toBe('digest-mismatch');
+    expect(error.message).toMatch(/bytes hash to sha256:[0-9a-f]{64}, expected/);
+    expect(origin.gets(artifact.blobPath(shard.digest))).toBe(2);
+    await bad.flush();
+    expect(await empty.has(shard.digest)).toBe(false);
+  });
+
+  test('an abort stops the load and stores no partial blob', async () => {
+    const shard = artifact.manifest.shards[0];
+    origin.reset();
+    origin.stallAfter(artifact.blobPath(shard.digest), 1000);
+    const controller = new AbortController();
+    const { loader: l, store } = loader();
+    const error = await l
+      .loadPipeline(opts({ signal: controller.signal, onProgress: (e) => e.file === shard.digest && e.loaded >= 1000 && controller.abort() }))
+      .catch((e) => e);
+    expect(isFuseloadError(error) && error.code).toBe('aborted');
+    await l.flush();
+    expect(await store.has(shard.digest)).toBe(false);
+    for await (const entry of store.entries()) {
+      const ref = artifact.blobs.find((b) => b.digest === entry.digest);
+      if (ref) expect(entry.size).toBe(ref.size);
+    }
+  });
+
+  test('one lock per network blob; none for blobs already stored', async () => {
+    const locked: string[] = [];
+    const store = new MemoryStore();
+    const withLock = async <T>(name: string, fn: () => Promise<T>) => {
+      locked.push(name);
+      return fn();
+    };
+    const first = loader({ store, withLock }).loader;
+    await first.loadPipeline(opts());
+    await first.flush();
+    expect(locked.sort()).toEqual(artifact.blobs.map((b) => `fuseload:blob:${b.digest.slice(7)}`).sort());
+    locked.length = 0;
+    await loader({ store, withLock }).loader.loadPipeline(opts());
+    expect(locked).toEqual([]);
+  });
+
+  test('load-time LoRAs are refused as unsupported before any request', async () => {
+    origin.reset();
+    const error = await loader()
+      .loader.loadPipeline(opts({ loras: [{ digest: `sha256:${'0'.repeat(64)}` as Digest, scale: 1 }] }))
+      .catch((e) => e);
+    expect(isFuseloadError(error) && error.code).toBe('unsupported');
+    expect(origin.requests).toHaveLength(0);
+  });
+
+  test('bad inputs fail in one line naming the input', async () => {
+    await expect(loader().loader.loadPipeline(opts({ origin: 'not a url' }))).rejects.toThrow(/^origin: "not a url" is not an absolute URL$/);
+    await expect(loader().loader.loadPipeline(opts({ model: '../x' }))).rejects.toThrow(/model: "\.\.\/x" is not a model name/);
+    await expect(loader().loader.loadPipeline(opts({ tag: 'nope' }))).rejects.toMatchObject({ code: 'not-found' });
+    await expect(loader().loader.loadPipeline(opts({ model: 'other', tag: undefined, fingerprint: artifact.fingerprint }))).rejects.toThrow(
+      /manifest is for model "sample", not "other"/,
+    );
+  });
+});

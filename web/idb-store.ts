@@ -1,0 +1,150 @@
+/**
+ * The browser's persistent tier: a BlobStore over idb-keyval. One record per blob
+ * (`blob:<digest>`), shared by every artifact that names it, beside a small LRU record
+ * (`meta:<digest>` → size, lastUsed). Both are written in one transaction, so a reader
+ * sees a whole blob with its record or neither.
+ */
+import { createStore, delMany, get, promisifyRequest, set, setMany, type UseStore } from 'idb-keyval';
+import type { Digest } from '../common/digest.ts';
+import { FuseloadError } from '../common/errors.ts';
+import type { BlobStore } from '../common/store.ts';
+
+export interface IdbStoreOptions {
+  /** IndexedDB database name (default `fuseload`). */
+  dbName?: string;
+  /** Bytes this store may hold; least recently used blobs go first (default: no budget, only the browser's quota). */
+  budgetBytes?: number;
+}
+
+export interface CachedBlob {
+  digest: Digest;
+  size: number;
+  lastUsed: number;
+}
+
+export interface CacheInfo {
+  count: number;
+  bytes: number;
+  blobs: CachedBlob[];
+}
+
+interface BlobMeta {
+  size: number;
+  lastUsed: number;
+}
+
+const BLOB = 'blob:';
+const META = 'meta:';
+
+export class IdbStore implements BlobStore {
+  readonly kind = 'indexeddb';
+  readonly #db: UseStore;
+  budgetBytes: number;
+  /** Puts run one at a time, so parallel downloads cannot all fit the same free space. */
+  #writes: Promise<unknown> = Promise.resolve();
+
+  constructor(options: IdbStoreOptions = {}) {
+    this.#db = createStore(options.dbName ?? 'fuseload', 'blobs');
+    this.budgetBytes = options.budgetBytes ?? Number.POSITIVE_INFINITY;
+  }
+
+  async has(digest: Digest): Promise<boolean> {
+    return (await get<BlobMeta>(META + digest, this.#db)) !== undefined;
+  }
+
+  async get(digest: Digest): Promise<Uint8Array | null> {
+    const bytes = await get<Uint8Array>(BLOB + digest, this.#db);
+    if (!bytes) return null;
+    // lastUsed is for eviction only; the caller need not wait for it.
+    set(META + digest, { size: bytes.byteLength, lastUsed: Date.now() } satisfies BlobMeta, this.#db).catch(() => {});
+    return bytes;
+  }
+
+  put(digest: Digest, bytes: Uint8Array): Promise<void> {
+    const next = this.#writes.then(() => this.#put(digest, bytes));
+    this.#writes = next.catch(() => {});
+    return next;
+  }
+
+  async #put(digest: Digest, bytes: Uint8Array): Promise<void> {
+    if (bytes.byteLength > this.budgetBytes) {
+      throw new FuseloadError('quota', `blob ${digest}: ${bytes.byteLength} bytes is more than the cache budget of ${this.budgetBytes}`);
+    }
+    // Structured clone copies a view's whole buffer: store exactly the blob's bytes.
+    const record = bytes.byteOffset === 0 && bytes.byteLength === bytes.buffer.byteLength ? bytes : bytes.slice();
+    await this.#evict(digest, (await this.#usedBytes(digest)) + bytes.byteLength - this.budgetBytes);
+    const write = () =>
+      setMany(
+        [
+          [BLOB + digest, record],
+          [META + digest, { size: bytes.byteLength, lastUsed: Date.now() } satisfies BlobMeta],
+        ],
+        this.#db,
+      );
+    try {
+      await write();
+    } catch (e) {
+      if (!isQuotaError(e)) throw e;
+      // The origin's quota is full: make room from the least recently used blobs, then try once more.
+      const freed = await this.#evict(digest, bytes.byteLength);
+      try {
+        if (freed === 0) throw e;
+        await write();
+      } catch (again) {
+        if (!isQuotaError(again)) throw again;
+        throw new FuseloadError('quota', `blob ${digest}: IndexedDB quota exceeded, even after evicting ${freed} bytes`, { cause: again });
+      }
+    }
+  }
+
+  async delete(digest: Digest): Promise<void> {
+    await delMany([BLOB + digest, META + digest], this.#db);
+  }
+
+  async *entries(): AsyncIterable<CachedBlob> {
+    for (const blob of await this.#metas()) yield blob;
+  }
+
+  async info(): Promise<CacheInfo> {
+    const blobs = await this.#metas();
+    return { count: blobs.length, bytes: blobs.reduce((n, b) => n + b.size, 0), blobs };
+  }
+
+  async clear(): Promise<void> {
+    await this.#db('readwrite', (store) => {
+      store.clear();
+      return promisifyRequest(store.transaction);
+    });
+  }
+
+  async #metas(): Promise<CachedBlob[]> {
+    const range = IDBKeyRange.bound(META, `${META}\uffff`);
+    const [keys, values] = await this.#db('readonly', (store) =>
+      Promise.all([promisifyRequest(store.getAllKeys(range)), promisifyRequest(store.getAll(range))]),
+    );
+    return keys.map((key, i) => ({ digest: String(key).slice(META.length) as Digest, ...(values[i] as BlobMeta) }));
+  }
+
+  async #usedBytes(except: Digest): Promise<number> {
+    if (!Number.isFinite(this.budgetBytes)) return 0;
+    return (await this.#metas()).filter((b) => b.digest !== except).reduce((n, b) => n + b.size, 0);
+  }
+
+  /** Deletes least recently used blobs (never `keep`) until `bytes` are freed; returns what was freed. */
+  async #evict(keep: Digest, bytes: number): Promise<number> {
+    if (bytes <= 0) return 0;
+    const victims = (await this.#metas()).filter((b) => b.digest !== keep).sort((a, b) => a.lastUsed - b.lastUsed);
+    let freed = 0;
+    for (const victim of victims) {
+      if (freed >= bytes) break;
+      await this.delete(victim.digest);
+      freed += victim.size;
+    }
+    return freed;
+  }
+}
+
+function isQuotaError(e: unknown): boolean {
+  return e instanceof DOMException ? e.name === 'QuotaExceededError' : (e as Error)?.name === 'QuotaExceededError';
+}
+
