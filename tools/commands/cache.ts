@@ -12,11 +12,11 @@ const bytesArg = (value: string) => {
 };
 
 export function register(program: Command): void {
-  const cache = program.command('cache').description(`Inspect and maintain the disk store (PIPELINE_STORE, default ${'~/.cache/fuseload'})`);
+  const cache = program.command('cache').description(`inspect and maintain the disk store (PIPELINE_STORE, default ${'~/.cache/fuseload'})`);
 
   cache
     .command('ls')
-    .description('List stored blobs, least recently used first')
+    .description('list stored blobs, least recently used first')
     .option('--json', 'machine-readable output')
     .action(async (flags: { json?: boolean }) => {
       const store = new DiskStore(defaultStoreRoot());
@@ -34,7 +34,7 @@ export function register(program: Command): void {
 
   cache
     .command('prune')
-    .description('Evict least recently used blobs down to a byte budget')
+    .description('evict least recently used blobs down to a byte budget')
     .option('--max-bytes <n>', 'budget (default PIPELINE_STORE_MAX_BYTES)', bytesArg)
     .action(async (flags: { maxBytes?: number }) => {
       const max = flags.maxBytes ?? defaultMaxBytes();
@@ -46,7 +46,7 @@ export function register(program: Command): void {
 
   cache
     .command('verify')
-    .description('Re-hash every blob; corrupt ones are removed (exit 1 if any were)')
+    .description('re-hash every blob; corrupt ones are removed (exit 1 if any were)')
     .action(async () => {
       const store = new DiskStore(defaultStoreRoot(), {});
       const result = await store.verifyAll();

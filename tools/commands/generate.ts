@@ -69,7 +69,7 @@ function progressBar(): { onProgress?: (e: ProgressEvent) => void; stop(): void 
 export function register(program: Command): void {
   program
     .command('generate')
-    .description('Generate one image with the Node runtime (disk cache, CUDA → CPU)')
+    .description('generate one image with the Node runtime (disk cache, CUDA → CPU)')
     .requiredOption('--origin <url>', 'where artifacts are served (edge worker, bucket URL, static origin)')
     .requiredOption('--model <name>', 'model name')
     .option('--tag <tag>', 'tag to resolve (default latest)')

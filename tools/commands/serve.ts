@@ -1,4 +1,4 @@
-/** `fuseload serve --origin <url> [--port 8787] [--host 127.0.0.1]`: the generation server. */
+/** `fuseload serve --origin <url> [--port 8080] [--host 127.0.0.1]`: the generation server. */
 import { type Command, InvalidArgumentError, Option } from 'commander';
 import type { Device } from '../../common/pipeline.ts';
 import { createNodeRuntime } from '../runtime/index.ts';
@@ -25,9 +25,9 @@ const intIn = (name: string, min: number, max: number) => (value: string) => {
 export function register(program: Command): void {
   program
     .command('serve')
-    .description('Serve POST /v1/generate and GET /healthz with the Node runtime')
+    .description('serve POST /v1/generate and GET /healthz with the Node runtime')
     .requiredOption('--origin <url>', 'where artifacts are served', process.env.FUSELOAD_ORIGIN)
-    .option('--port <n>', 'port (0 picks a free one)', intIn('--port', 0, 65535), Number(process.env.PORT ?? 8787))
+    .option('--port <n>', 'port (0 picks a free one)', intIn('--port', 0, 65535), Number(process.env.PORT ?? 8080))
     .option('--host <addr>', 'address to bind', '127.0.0.1')
     .addOption(new Option('--device <device>', 'execution provider').choices(['auto', 'cuda', 'cpu']).default('auto'))
     .option('--concurrency <n>', 'generations at once', intIn('--concurrency', 1, 64), DEFAULT_LIMITS.concurrency)

@@ -14,7 +14,7 @@ export function listen(options: ServerOptions & { port?: number; host?: string }
   const host = options.host ?? '127.0.0.1';
   return new Promise((resolve, reject) => {
     let server: ServerType;
-    server = serve({ fetch: app.fetch, port: options.port ?? 8787, hostname: host }, (address: AddressInfo) => {
+    server = serve({ fetch: app.fetch, port: options.port ?? 8080, hostname: host }, (address: AddressInfo) => {
       const shownHost = host.includes(':') ? `[${host}]` : host;
       resolve({
         url: `http://${shownHost}:${address.port}`,
