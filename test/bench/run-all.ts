@@ -1,0 +1,156 @@
+/**
+ * `npm run bench`: runs every other test/bench/*.ts in turn (one at a time: they measure
+ * throughput and must not share the CPU), collects each one's `BENCH <name> key=value …`
+ * line and prints one table of the ratios, with the target where the project has one.
+ *
+ *   npm run bench                       all benchmarks
+ *   npm run bench -- --only build,edge  some (file names without .ts)
+ *   npm run bench -- --from bench.log   no runs: tabulate the BENCH lines of a saved log
+ *
+ * Exit status 1 when a benchmark fails or prints no BENCH line, or a ratio misses its target.
+ */
+import { spawn } from 'node:child_process';
+import { readdirSync, readFileSync } from 'node:fs';
+import { basename, join } from 'node:path';
+import { parseArgs } from 'node:util';
+
+const BENCH_DIR = import.meta.dirname;
+const ROOT = join(BENCH_DIR, '../..');
+
+/** Upper bounds from the project's goals, as `<bench>.<key>`; other ratios are reported only. */
+export const TARGETS: Record<string, number> = {
+  'build.ratio': 1.5,
+  'publish.ratio': 1.2,
+  'browser.cold_ratio': 1.3,
+  'browser.warm_ratio': 1.2,
+  'node.warm_ratio': 1.2,
+  'overlay.switch_ratio': 0.2,
+};
+
+export interface BenchLine {
+  name: string;
+  values: Record<string, string>;
+}
+
+/** `BENCH <name> k=v k=v` lines anywhere in `text`; the last one per name wins. */
+export function parseBenchLines(text: string): BenchLine[] {
+  const byName = new Map<string, BenchLine>();
+  for (const line of text.split('\n')) {
+    const m = /^\s*BENCH\s+(\S+)\s*(.*)$/.exec(line);
+    if (!m) continue;
+    const values: Record<string, string> = {};
+    for (const pair of m[2].split(/\s+/)) {
+      const eq = pair.indexOf('=');
+      if (eq > 0) values[pair.slice(0, eq)] = pair.slice(eq + 1);
+    }
+    byName.set(m[1], { name: m[1], values });
+  }
+  return [...byName.values()];
+}
+
+export interface Row {
+  bench: string;
+  metric: string;
+  value: number;
+  /** As the bench printed it (its own precision). */
+  raw: string;
+  target: number | null;
+  ok: boolean | null;
+}
+
+/** `ratio`, `cold_ratio`, `switch_ratio_1gbit`, …: the keys tabulated as ratios. */
+const isRatio = (key: string) => /(^|_)ratio(_|$)/.test(key);
+
+/** One row per ratio key; a ratio that is not a number is a failed row. */
+export function ratioRows(lines: BenchLine[]): Row[] {
+  const rows: Row[] = [];
+  for (const { name, values } of lines) {
+    for (const [key, raw] of Object.entries(values)) {
+      if (!isRatio(key)) continue;
+      const value = Number(raw);
+      const target = TARGETS[`${name}.${key}`] ?? null;
+      const ok = !Number.isFinite(value) ? false : target === null ? null : value <= target;
+      rows.push({ bench: name, metric: key, value, raw, target, ok });
+    }
+  }
+  return rows;
+}
+
+export function formatTable(rows: Row[], lines: BenchLine[]): string {
+  const header = ['bench', 'ratio', 'value', 'target', ''];
+  const body = rows.map((r) => [
+    r.bench,
+    r.metric,
+    r.raw,
+    r.target === null ? '–' : `≤ ${r.target}`,
+    r.ok === null ? '' : r.ok ? 'ok' : 'MISS',
+  ]);
+  const widths = header.map((h, i) => Math.max(h.length, ...body.map((row) => row[i].length)));
+  const fmt = (row: string[]) => row.map((c, i) => c.padEnd(widths[i])).join('  ').trimEnd();
+  const out = [fmt(header), widths.map((w) => '-'.repeat(w)).join('  '), ...body.map(fmt)];
+  // Everything else each bench reported (sizes, seconds, RSS), one line per bench.
+  for (const { name, values } of lines) {
+    const rest = Object.entries(values).filter(([k]) => !isRatio(k));
+    if (rest.length) out.push(`  ${name}: ${rest.map(([k, v]) => `${k}=${v}`).join(' ')}`);
+  }
+  return out.join('\n');
+}
+
+function benchFiles(only: string[] | null): string[] {
+  const all = readdirSync(BENCH_DIR)
+    .filter((f) => f.endsWith('.ts') && f !== basename(import.meta.filename) && !f.endsWith('.d.ts'))
+    .sort();
+  if (!only) return all;
+  const unknown = only.filter((o) => !all.includes(`${o}.ts`));
+  if (unknown.length) throw new Error(`--only: no test/bench/${unknown.join('.ts, ')}.ts (have ${all.map((f) => f.replace(/\.ts$/, '')).join(', ')})`);
+  return all.filter((f) => only.includes(f.replace(/\.ts$/, '')));
+}
+
+/** Runs one bench with tsx, passing its output through, and returns its stdout. */
+function runBench(file: string): Promise<{ code: number | null; stdout: string; seconds: number }> {
+  const started = performance.now();
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, ['--import', 'tsx', join(BENCH_DIR, file)], { cwd: ROOT, stdio: ['ignore', 'pipe', 'inherit'] });
+    let stdout = '';
+    child.stdout.on('data', (d: Buffer) => {
+      stdout += d.toString();
+      process.stdout.write(d);
+    });
+    child.on('error', reject);
+    child.on('close', (code) => resolve({ code, stdout, seconds: (performance.now() - started) / 1000 }));
+  });
+}
+
+async function main(): Promise<number> {
+  const { values } = parseArgs({ options: { only: { type: 'string' }, from: { type: 'string' } } });
+  const failures: string[] = [];
+  let lines: BenchLine[];
+  if (values.from) {
+    lines = parseBenchLines(readFileSync(values.from, 'utf8'));
+    if (lines.length === 0) failures.push(`${values.from}: no BENCH lines`);
+  } else {
+    lines = [];
+    for (const file of benchFiles(values.only ? values.only.split(',').map((s) => s.trim()) : null)) {
+      process.stdout.write(`\n=== ${file}\n`);
+      const { code, stdout, seconds } = await runBench(file);
+      const found = parseBenchLines(stdout);
+      process.stdout.write(`=== ${file}: exit ${code} in ${seconds.toFixed(1)} s\n`);
+      if (code !== 0) failures.push(`${file} exited with ${code}`);
+      else if (found.length === 0) failures.push(`${file} printed no BENCH line`);
+      lines.push(...found);
+    }
+  }
+  const rows = ratioRows(lines);
+  process.stdout.write(`\n${formatTable(rows, lines)}\n`);
+  for (const r of rows) if (r.ok === false) failures.push(`${r.bench} ${r.metric}=${r.value} misses its target ≤ ${r.target ?? 'a number'}`);
+  for (const f of failures) process.stdout.write(`FAIL ${f}\n`);
+  return failures.length ? 1 : 0;
+}
+
+// Importable for its parser; runs only as the entry point.
+if (process.argv[1] && import.meta.filename === process.argv[1]) {
+  process.exitCode = await main().catch((e: unknown) => {
+    process.stderr.write(`bench: ${e instanceof Error ? e.message : String(e)}\n`);
+    return 1;
+  });
+}
