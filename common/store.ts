@@ -6,6 +6,13 @@
  * - `put` is given bytes whose digest the caller has already verified; it writes atomically
  *   (a reader sees the whole blob or nothing).
  * - `get` returns null for a missing blob; it may verify and return null for a corrupt one.
+ *
+ * What the loader may skip depends on what a store vouches for (both optional):
+ * - `verifiesReads`: `get` never returns bytes other than those `put` was given for that
+ *   digest (the store checks them itself), so the loader does not re-hash them. A store
+ *   without it (memory, IndexedDB) is re-hashed on every read.
+ * - `locate`: the path of a local file that holds the blob, checked the same way as `get`
+ *   checks it, without reading it: an engine that maps files (onnxruntime-node) takes paths.
  */
 import type { Digest } from './digest.ts';
 
@@ -16,6 +23,10 @@ export interface BlobStore {
   put(digest: Digest, bytes: Uint8Array): Promise<void>;
   delete(digest: Digest): Promise<void>;
   entries(): AsyncIterable<{ digest: Digest; size: number; lastUsed?: number }>;
+  /** True when `get` itself guarantees the bytes are the digest's (see above). */
+  readonly verifiesReads?: boolean;
+  /** The file holding the blob, `size` bytes, vouched for as `get` would; null when there is none. */
+  locate?(digest: Digest, size: number): Promise<string | null>;
 }
 
 /** The memory tier: a plain Map, shared by every artifact that names a blob. */

@@ -3,8 +3,12 @@
  * (`blob:<digest>`), shared by every artifact that names it, beside a small LRU record
  * (`meta:<digest>` → size, lastUsed). Both are written in one transaction, so a reader
  * sees a whole blob with its record or neither.
+ *
+ * It does not vouch for its reads (no `verifiesReads`): IndexedDB has no modification stamp,
+ * and any script of the origin or an extension can rewrite a record, so the loader re-hashes
+ * every blob it reads from here.
  */
-import { createStore, delMany, get, promisifyRequest, set, setMany, type UseStore } from 'idb-keyval';
+import { createStore, delMany, get, promisifyRequest, setMany, type UseStore } from 'idb-keyval';
 import type { Digest } from '../common/digest.ts';
 import { FuseloadError } from '../common/errors.ts';
 import type { BlobStore } from '../common/store.ts';
@@ -35,6 +39,8 @@ interface BlobMeta {
 
 const BLOB = 'blob:';
 const META = 'meta:';
+/** How long reads' LRU times wait to be written together. */
+const TOUCH_DELAY_MS = 1000;
 
 export class IdbStore implements BlobStore {
   readonly kind = 'indexeddb';
@@ -42,6 +48,9 @@ export class IdbStore implements BlobStore {
   budgetBytes: number;
   /** Puts run one at a time, so parallel downloads cannot all fit the same free space. */
   #writes: Promise<unknown> = Promise.resolve();
+  /** Reads not yet written to their LRU record (digest → when read); written together, later. */
+  readonly #touched = new Map<Digest, number>();
+  #touchTimer: ReturnType<typeof setTimeout> | undefined;
 
   constructor(options: IdbStoreOptions = {}) {
     this.#db = createStore(options.dbName ?? 'fuseload', 'blobs');
@@ -55,9 +64,30 @@ export class IdbStore implements BlobStore {
   async get(digest: Digest): Promise<Uint8Array | null> {
     const bytes = await get<Uint8Array>(BLOB + digest, this.#db);
     if (!bytes) return null;
-    // lastUsed is for eviction only; the caller need not wait for it.
-    set(META + digest, { size: bytes.byteLength, lastUsed: Date.now() } satisfies BlobMeta, this.#db).catch(() => {});
+    // lastUsed is for eviction only: one write for a load's reads, after them, so the reads of a
+    // warm load are not queued behind a readwrite transaction each.
+    this.#touched.set(digest, Date.now());
+    this.#touchTimer ??= setTimeout(() => void this.#writeTouches().catch(() => {}), TOUCH_DELAY_MS);
     return bytes;
+  }
+
+  /** Writes pending lastUsed times into the LRU records that still exist (never resurrects a deleted blob's). */
+  async #writeTouches(): Promise<void> {
+    clearTimeout(this.#touchTimer);
+    this.#touchTimer = undefined;
+    if (this.#touched.size === 0) return;
+    const touched = [...this.#touched];
+    this.#touched.clear();
+    await this.#db('readwrite', (store) => {
+      for (const [digest, lastUsed] of touched) {
+        const request = store.get(META + digest);
+        request.onsuccess = () => {
+          const meta = request.result as BlobMeta | undefined;
+          if (meta) store.put({ ...meta, lastUsed: Math.max(meta.lastUsed, lastUsed) } satisfies BlobMeta, META + digest);
+        };
+      }
+      return promisifyRequest(store.transaction);
+    });
   }
 
   put(digest: Digest, bytes: Uint8Array): Promise<void> {
@@ -70,6 +100,7 @@ export class IdbStore implements BlobStore {
     if (bytes.byteLength > this.budgetBytes) {
       throw new FuseloadError('quota', `blob ${digest}: ${bytes.byteLength} bytes is more than the cache budget of ${this.budgetBytes}`);
     }
+    await this.#writeTouches().catch(() => {}); // eviction below must see the latest reads
     // Structured clone copies a view's whole buffer: store exactly the blob's bytes.
     const record = bytes.byteOffset === 0 && bytes.byteLength === bytes.buffer.byteLength ? bytes : bytes.slice();
     await this.#evict(digest, (await this.#usedBytes(digest)) + bytes.byteLength - this.budgetBytes);
@@ -102,10 +133,12 @@ export class IdbStore implements BlobStore {
   }
 
   async *entries(): AsyncIterable<CachedBlob> {
+    await this.#writeTouches().catch(() => {});
     for (const blob of await this.#metas()) yield blob;
   }
 
   async info(): Promise<CacheInfo> {
+    await this.#writeTouches().catch(() => {});
     const blobs = await this.#metas();
     return { count: blobs.length, bytes: blobs.reduce((n, b) => n + b.size, 0), blobs };
   }

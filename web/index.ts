@@ -39,11 +39,32 @@ export function createBrowserLoader(options: BrowserLoaderOptions = {}): Browser
   const loader = createLoader({
     engine: createOrtEngine({ wasmPaths: options.wasmPaths }),
     store,
-    withLock: withWebLock,
+    withLock: withBlobLock,
+    // IndexedDB writes compete with downloads and hashing for the same cores: write once the blobs are in.
+    deferStoreWrites: true,
     concurrency: options.concurrency,
     warn: options.warn,
   });
   return Object.assign(loader, { store });
+}
+
+/**
+ * `withWebLock` that says when it would have to wait (`onContended`, before waiting), so the
+ * loader releases the store writes it holds back first: no two tabs wait on each other.
+ */
+async function withBlobLock<T>(name: string, fn: () => Promise<T>, onContended?: () => void): Promise<T> {
+  const locks = typeof navigator !== 'undefined' ? navigator.locks : undefined;
+  if (!locks) {
+    onContended?.(); // the per-page fallback queue cannot tell: never hold writes back there
+    return withWebLock(name, fn);
+  }
+  if (onContended) {
+    const busy = Symbol('busy');
+    const got = await locks.request(name, { mode: 'exclusive', ifAvailable: true }, (lock) => (lock ? fn() : busy));
+    if (got !== busy) return got as T;
+    onContended();
+  }
+  return withWebLock(name, fn);
 }
 
 let defaultLoader: BrowserLoader | null = null;

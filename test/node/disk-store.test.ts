@@ -1,4 +1,4 @@
-import { mkdtemp, readdir, rm, stat, utimes, writeFile } from 'node:fs/promises';
+import { mkdtemp, open, readdir, rm, stat, utimes, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
@@ -39,6 +39,56 @@ describe('DiskStore', () => {
     await writeFile(store.path(digest), bytesOf(1000, 8)); // same size, new bytes, fresh mtime
     expect(await store.get(digest)).toBeNull();
     expect(await store.has(digest)).toBe(false);
+  });
+
+  it('vouches for its reads: the loader may skip re-hashing what get returns', () => {
+    expect(new DiskStore(root, {}).verifiesReads).toBe(true);
+  });
+
+  it('locate gives the path of an intact blob without reading it, and marks it used', async () => {
+    const store = new DiskStore(root, {});
+    const digest = await putBlob(store, bytesOf(1000, 7));
+    await utimes(store.path(digest), new Date(0), VERIFIED_MTIME);
+    expect(await store.locate(digest, 1000)).toBe(store.path(digest));
+    expect((await stat(store.path(digest))).atimeMs).toBeGreaterThan(Date.now() - 60_000);
+    expect(await store.locate(await sha256(bytesOf(1, 1)), 1)).toBeNull(); // never stored
+  });
+
+  it('locate detects a blob written into in place, removes it and reports it corrupt', async () => {
+    const corrupt: Digest[] = [];
+    const store = new DiskStore(root, { onCorrupt: (d) => corrupt.push(d) });
+    const digest = await putBlob(store, bytesOf(1000, 7));
+    const handle = await open(store.path(digest), 'r+');
+    await handle.write(new Uint8Array([9]), 0, 1, 500); // one byte, in place: mtime moves
+    await handle.close();
+    expect(await store.locate(digest, 1000)).toBeNull();
+    expect(corrupt).toEqual([digest]);
+    expect(await store.has(digest)).toBe(false);
+  });
+
+  it('locate re-hashes a touched but intact blob and still serves it; a stamped file of the wrong size is dropped', async () => {
+    const corrupt: Digest[] = [];
+    const store = new DiskStore(root, { onCorrupt: (d) => corrupt.push(d) });
+    const intact = await putBlob(store, bytesOf(64, 1));
+    await utimes(store.path(intact), new Date(), new Date());
+    expect(await store.locate(intact, 64)).toBe(store.path(intact));
+    expect(Math.floor((await stat(store.path(intact))).mtimeMs / 1000)).toBe(VERIFIED_MTIME);
+
+    const restamped = await putBlob(store, bytesOf(64, 2));
+    await writeFile(store.path(restamped), bytesOf(32, 2));
+    await utimes(store.path(restamped), new Date(), VERIFIED_MTIME); // the stamp put back by hand
+    expect(await store.locate(restamped, 64)).toBeNull();
+    expect(corrupt).toEqual([restamped]);
+  });
+
+  it('bit rot under an untouched stamp is not seen by get; verifyAll (fuseload cache verify) finds and removes it', async () => {
+    const store = new DiskStore(root, {});
+    const digest = await putBlob(store, bytesOf(1000, 7));
+    await writeFile(store.path(digest), bytesOf(1000, 8));
+    await utimes(store.path(digest), new Date(), VERIFIED_MTIME); // as if the disk flipped bits
+    expect(await store.get(digest)).toEqual(bytesOf(1000, 8)); // the documented limit of the stamp check
+    expect((await store.verifyAll()).removed).toEqual([digest]);
+    expect(await store.get(digest)).toBeNull();
   });
 
   it('re-stamps an intact blob whose mtime was touched, and serves it', async () => {

@@ -1,13 +1,16 @@
-import { mkdtemp, readFile, rm, stat, truncate, writeFile } from 'node:fs/promises';
+import { mkdtemp, open, readFile, rm, stat, truncate, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import ort from 'onnxruntime-node';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { digestHex, sha256 } from '../../common/digest.ts';
 import { blobKey } from '../../common/keys.ts';
+import { createLoader } from '../../common/loader/index.ts';
+import type { Provider } from '../../common/pipeline.ts';
 import { sampleFeeds } from '../../common/sample-input.ts';
 import { createNodeRuntime, type NodeRuntime } from '../../tools/runtime/index.ts';
 import { OrtNodeEngine } from '../../tools/runtime/ort-engine.ts';
+import { DiskStore } from '../../tools/store/disk-store.ts';
 import { writeTinyArtifact, type WrittenArtifact } from '../support/node-onnx.ts';
 import { type CountingOrigin, startCountingOrigin } from '../support/node-origin.ts';
 
@@ -202,6 +205,65 @@ describe('Node runtime: how weights reach onnxruntime', () => {
     expect(await rt.store.fileOf(graph)).toBeNull(); // never read from or written to the store
     await writeFile(rt.store.path(artifact.manifest.graph.digest), stored); // rewritten in place: mtime moves
     expect(await rt.store.fileOf(stored)).toBeNull();
+  });
+
+  it('a warm load reads no blob into memory and re-hashes none: onnxruntime gets the stored files', async () => {
+    const root = await freshStore();
+    await fill(root);
+    const reference = (await (await runtime(await freshStore()).loadPipeline({ origin: origin.url, model: 'tiny', tag: 'latest', device: 'cpu' })).run(sampleFeeds({ seed: 5, width: 8, height: 8 }))).image.data;
+    const rt = runtime(root);
+    const phases = new Set<string>();
+    const p = await rt.loadPipeline({ origin: origin.url, model: 'tiny', fingerprint: artifact.fingerprint, device: 'cpu', onProgress: (e) => phases.add(e.phase) });
+    expect(rt.engine.lastSource).toBe('files');
+    expect(Object.values(p.info.sources)).toEqual(Array(artifact.blobs.size).fill('store'));
+    for (const digest of artifact.blobs.keys()) expect(await rt.loader.memory.has(digest)).toBe(false);
+    expect(phases.has('verify')).toBe(false);
+    expect((await p.run(sampleFeeds({ seed: 5, width: 8, height: 8 }))).image.data).toEqual(reference);
+    await p.dispose();
+  });
+
+  it('a stored shard written into in place is detected on the next load and fetched again', async () => {
+    const root = await freshStore();
+    await fill(root);
+    const victim = artifact.manifest.shards.at(-1)!.digest;
+    const file = await open(join(root, blobKey(victim)), 'r+');
+    await file.write(new Uint8Array([0xee]), 0, 1, 100); // one byte, size unchanged
+    await file.close();
+
+    origin.reset();
+    const warnings: string[] = [];
+    const rt = runtime(root, warnings);
+    const p = await rt.loadPipeline({ origin: origin.url, model: 'tiny', fingerprint: artifact.fingerprint, device: 'cpu' });
+    await rt.flush();
+    expect(p.info.sources[victim]).toBe('network');
+    for (const digest of artifact.blobs.keys()) if (digest !== victim) expect(p.info.sources[digest]).toBe('store');
+    expect(origin.total()).toBe(1);
+    expect(warnings.filter((w) => w.includes(victim) && /is corrupt/.test(w))).toHaveLength(1);
+    expect(await sha256(await readFile(join(root, blobKey(victim))))).toBe(victim);
+    await p.dispose();
+  });
+
+  it('a shard file gone between the store\'s check and the session: the load reads bytes instead and fetches it', async () => {
+    const root = await freshStore();
+    await fill(root);
+    const victim = artifact.manifest.shards.at(-1)!.digest;
+    const store = new DiskStore(root, {});
+    // Another process evicts the shard after `locate` vouched for it, before onnxruntime opens it.
+    class EvictedUnderfoot extends OrtNodeEngine {
+      override async createFromFiles(graph: string, externalData: { path: string; file: string }[], provider: Provider) {
+        await rm(store.path(victim), { force: true });
+        return super.createFromFiles(graph, externalData, provider);
+      }
+    }
+    const loader = createLoader({ engine: new EvictedUnderfoot(), store, warn: () => {} });
+    origin.reset();
+    const p = await loader.loadPipeline({ origin: origin.url, model: 'tiny', fingerprint: artifact.fingerprint, device: 'cpu' });
+    await loader.flush();
+    expect(p.info.sources[victim]).toBe('network');
+    expect(origin.requests.get(`/${blobKey(victim)}`)).toBe(1);
+    expect(origin.total()).toBe(1);
+    expect(await sha256(await readFile(store.path(victim)))).toBe(victim);
+    await p.dispose();
   });
 });
 

@@ -70,6 +70,23 @@ describe('IdbStore', () => {
     expect((await store.info()).bytes).toBeLessThanOrEqual(3000);
   });
 
+  test("reads' LRU times land together (seen by info) and never bring back a deleted blob's record", async () => {
+    const store = fresh();
+    const [a, ba] = await blob(100, 1);
+    const [b, bb] = await blob(100, 2);
+    await store.put(a, ba);
+    await store.put(b, bb);
+    const before = (await store.info()).blobs.find((x) => x.digest === a)!.lastUsed;
+    await tick();
+    await store.get(a);
+    await store.get(b);
+    await store.delete(b);
+    const info = await store.info();
+    expect(info.blobs.map((x) => x.digest)).toEqual([a]);
+    expect(info.blobs[0].lastUsed).toBeGreaterThan(before);
+    expect(await store.has(b)).toBe(false);
+  });
+
   test('parallel puts do not overshoot the budget together', async () => {
     const store = fresh(2500);
     const blobs = await Promise.all([1, 2, 3, 4, 5].map((i) => blob(1000, i)));

@@ -3,6 +3,8 @@
  * the loader records each failed `create` as a fallback, so the reason ends up in `p.info`.
  *
  * How external data reaches ORT, fastest first:
+ * 0. `createFromFiles`: the loader's warm path hands the store's paths (checked by the store,
+ *    never read into memory), and the session is created from the graph's path as in 1.
  * 1. From the store's files: when the graph and every shard are byte arrays the disk store
  *    vouches for (read from or written to `blobs/sha256/<hex>`, unmodified since), the session
  *    is created from the graph's file path. The graph's `location`s are the shards' bare hex,
@@ -15,7 +17,8 @@ import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import ort from 'onnxruntime-node';
 import { FuseloadError } from '../../common/errors.ts';
-import type { Device, Engine, EngineSession, ExternalDataFile, Feeds, Provider, TensorLike } from '../../common/pipeline.ts';
+import type { FileEngine } from '../../common/loader/index.ts';
+import type { Device, EngineSession, ExternalDataFile, Feeds, Provider, TensorLike } from '../../common/pipeline.ts';
 
 const NODE_PROVIDERS: Provider[] = ['cuda', 'cpu'];
 
@@ -28,7 +31,7 @@ export interface OrtNodeEngineOptions {
   fileOf?: (bytes: Uint8Array) => Promise<string | null>;
 }
 
-export class OrtNodeEngine implements Engine {
+export class OrtNodeEngine implements FileEngine {
   constructor(readonly options: OrtNodeEngineOptions = {}) {
     // The environment logger is created once per process, on the first session.
     ort.env.logLevel = options.logLevel ?? 'fatal';
@@ -46,16 +49,46 @@ export class OrtNodeEngine implements Engine {
     }
   }
 
-  async create(graph: Uint8Array, externalData: ExternalDataFile[], provider: Provider): Promise<EngineSession> {
+  /**
+   * A session from the store's files (the loader's warm path, bytes never read here): ORT
+   * resolves each `location` beside the graph file, so that is where every shard must be.
+   */
+  async createFromFiles(graph: string, externalData: { path: string; file: string }[], provider: Provider): Promise<EngineSession | null> {
+    if (externalData.some((f) => f.file !== join(dirname(graph), f.path))) return null;
+    const options = this.#sessionOptions(provider);
+    let session: ort.InferenceSession;
+    try {
+      session = await ort.InferenceSession.create(graph, options);
+    } catch (e) {
+      throw this.#createError(provider, e);
+    }
+    this.lastSource = 'files';
+    return new OrtNodeSession(session);
+  }
+
+  #sessionOptions(provider: Provider): ort.InferenceSession.SessionOptions {
     if (!NODE_PROVIDERS.includes(provider)) {
       throw new FuseloadError('unsupported', `execution provider "${provider}" is not available in Node`);
     }
-    const options: ort.InferenceSession.SessionOptions = {
+    return {
       executionProviders: [provider],
       graphOptimizationLevel: 'all',
       logSeverityLevel: severity(this.options.logLevel ?? 'fatal'),
       ...(provider === 'cpu' && this.options.intraOpNumThreads ? { intraOpNumThreads: this.options.intraOpNumThreads } : {}),
     };
+  }
+
+  #createError(provider: Provider, e: unknown): FuseloadError {
+    const reason = oneLine((e as Error).message);
+    if (provider === 'cuda') {
+      const hint = cudaHint();
+      return new FuseloadError('engine', `CUDA execution provider unavailable: ${hint ? `${hint}; ` : ''}${reason}`, { cause: e });
+    }
+    return new FuseloadError('engine', `onnxruntime-node could not create a ${provider} session: ${reason}`, { cause: e });
+  }
+
+  async create(graph: Uint8Array, externalData: ExternalDataFile[], provider: Provider): Promise<EngineSession> {
+    const options = this.#sessionOptions(provider);
     let session: ort.InferenceSession;
     try {
       const graphPath = await this.#storedGraph(graph, externalData);
@@ -71,12 +104,7 @@ export class OrtNodeEngine implements Engine {
         session = await ort.InferenceSession.create(graph, { ...options, externalData: externalData.map((f) => ({ path: f.path, data: f.data })) });
       }
     } catch (e) {
-      const reason = oneLine((e as Error).message);
-      if (provider === 'cuda') {
-        const hint = cudaHint();
-        throw new FuseloadError('engine', `CUDA execution provider unavailable: ${hint ? `${hint}; ` : ''}${reason}`, { cause: e });
-      }
-      throw new FuseloadError('engine', `onnxruntime-node could not create a ${provider} session: ${reason}`, { cause: e });
+      throw this.#createError(provider, e);
     }
     return new OrtNodeSession(session);
   }

@@ -5,7 +5,7 @@
  *
  * Cheap integrity on every read: a blob is written with its mtime set to a fixed stamp
  * (`VERIFIED_MTIME`), so any later write into the file (which sets mtime to now) is seen on
- * the next `get`, which then re-hashes it and drops it if it no longer matches. Re-hashing
+ * the next `get` or `locate`, which then re-hashes it and drops it if it no longer matches. Re-hashing
  * every read would double a warm load; bit rot that leaves mtime alone is `verify()`'s job.
  * LRU order is the access time, which `get` sets explicitly (mounts may be noatime).
  *
@@ -15,7 +15,7 @@
  */
 import { createHash, randomBytes } from 'node:crypto';
 import { createReadStream } from 'node:fs';
-import { mkdir, open, readdir, readFile, rename, rm, stat, utimes } from 'node:fs/promises';
+import { mkdir, open, readdir, rename, rm, stat, utimes } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
 import { type Digest, digestHex, isHex } from '../../common/digest.ts';
@@ -70,6 +70,13 @@ export interface VerifyResult {
 
 export class DiskStore implements BlobStore {
   readonly kind = 'disk';
+  /**
+   * `get` and `locate` return a blob only while its file carries the verified stamp and has
+   * not changed during the read; anything else is re-hashed first (and removed if wrong). So
+   * a write into a stored file (another writer, a truncation) is caught on the next load.
+   * Bit rot under an unchanged mtime is not: `verifyAll` (`fuseload cache verify`) re-hashes.
+   */
+  readonly verifiesReads = true;
   readonly maxBytes: number | undefined;
   readonly #onCorrupt: DiskStoreOptions['onCorrupt'];
   /** Blobs this process has read or written: evicted last, only when nothing else frees enough. */
@@ -114,14 +121,63 @@ export class DiskStore implements BlobStore {
 
   async #read(digest: Digest, path: string): Promise<Uint8Array | null> {
     try {
-      const s = await stat(path);
-      if (Math.floor(s.mtimeMs / 1000) !== VERIFIED_MTIME && !(await this.#verifyFile(digest, path))) return null;
-      const buffer = await readFile(path);
+      if (!(await this.#checkStamp(digest, path))) return null;
+      const fh = await open(path, 'r');
+      let buffer: Buffer;
+      try {
+        const before = await fh.stat();
+        buffer = await fh.readFile();
+        // Written into while we read (the stamp moves) or swapped under us: the bytes may be torn.
+        const after = await fh.stat();
+        if (!isStamped(before) || !isStamped(after) || after.size !== before.size || after.size !== buffer.byteLength) {
+          // A miss, not these bytes: the file is re-hashed (removed if wrong) for the next reader.
+          await this.#verifyFile(digest, path);
+          return null;
+        }
+      } finally {
+        await fh.close().catch(() => {});
+      }
       this.#inUse.add(digest);
       await utimes(path, new Date(), VERIFIED_MTIME).catch(() => {});
       const bytes = new Uint8Array(buffer.buffer, buffer.byteOffset, buffer.byteLength);
       this.#files.set(bytes, path);
       return bytes;
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return null;
+      throw e;
+    }
+  }
+
+  /** True when the file is there with the verified stamp, or re-hashes correctly (then re-stamped). */
+  async #checkStamp(digest: Digest, path: string): Promise<boolean> {
+    const s = await stat(path);
+    return isStamped(s) || (await this.#verifyFile(digest, path));
+  }
+
+  /**
+   * The blob's file, vouched for exactly as `get` vouches for bytes (verified stamp, else a
+   * re-hash), without reading it; null when missing or corrupt (a corrupt one is removed).
+   * Marks it used for LRU. A file rewritten in place after this is the same risk as after a
+   * `get`: caught on the next load, not under a session already running on it.
+   */
+  async locate(digest: Digest, size: number): Promise<string | null> {
+    const path = this.path(digest);
+    try {
+      let s = await stat(path);
+      if (!s.isFile()) return null;
+      if (!isStamped(s)) {
+        if (!(await this.#verifyFile(digest, path))) return null;
+        s = await stat(path);
+      }
+      if (s.size !== size) {
+        // Stamped but the wrong length: someone restored our stamp by hand. Not ours any more.
+        await rm(path, { force: true });
+        this.#onCorrupt?.(digest, path);
+        return null;
+      }
+      this.#inUse.add(digest);
+      await utimes(path, new Date(), VERIFIED_MTIME).catch(() => {});
+      return path;
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code === 'ENOENT') return null;
       throw e;
@@ -149,7 +205,7 @@ export class DiskStore implements BlobStore {
     const path = this.#files.get(bytes);
     if (!path) return null;
     const s = await stat(path).catch(() => null);
-    if (!s?.isFile() || s.size !== bytes.byteLength || Math.floor(s.mtimeMs / 1000) !== VERIFIED_MTIME) return null;
+    if (!s?.isFile() || s.size !== bytes.byteLength || !isStamped(s)) return null;
     return path;
   }
 
@@ -295,6 +351,10 @@ export class DiskStore implements BlobStore {
     }
     return removed;
   }
+}
+
+function isStamped(s: { mtimeMs: number }): boolean {
+  return Math.floor(s.mtimeMs / 1000) === VERIFIED_MTIME;
 }
 
 /** A manifest's canonical JSON starts with `{` and names our schema; blobs are binary or other JSON. */

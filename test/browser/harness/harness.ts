@@ -2,9 +2,9 @@
  * The page the Chromium tests drive: `window.harness` wraps the browser runtime so a test
  * can load, run and inspect with one `page.evaluate` and get plain JSON back.
  */
-import { createStore, getMany, set } from 'idb-keyval';
+import { createStore, get, getMany, set } from 'idb-keyval';
 import { sampleFeeds } from '../../../common/sample-input.ts';
-import type { Device, PipelineInfo, ProgressEvent } from '../../../common/pipeline.ts';
+import type { Device, LoraOverlay, PipelineInfo, ProgressEvent } from '../../../common/pipeline.ts';
 import { createLoader, type Loader } from '../../../common/loader/index.ts';
 import { MemoryStore } from '../../../common/store.ts';
 import { type BrowserLoader, createBrowserLoader, createOrtEngine, persist, webgpuAdapter } from '../../../web/index.ts';
@@ -28,12 +28,18 @@ export interface HarnessLoad {
   keepEvents?: boolean;
   /** Run the sample model on these feeds and return the output. */
   run?: { seed: number; width: number; height: number };
+  /** Load-time LoRA overlays. */
+  loras?: LoraOverlay[];
+  /** With memoryStore: weights of at least this many elements merge on onnxruntime (0: all of them). */
+  overlayOrtMinElements?: number;
 }
 
 export interface HarnessResult {
   ok: boolean;
   /** ms from the call until every blob was in memory, verified (the first `session` event). */
   blobsReadyMs?: number;
+  /** ms from the call until every store write behind the load had finished (`loader.flush()`). */
+  storedMs?: number;
   error?: { name: string; code?: string; message: string };
   info?: Omit<PipelineInfo, 'manifest'>;
   output?: { dims: number[]; data: number[] };
@@ -47,7 +53,9 @@ const warnings: string[] = [];
 
 function loaderFor(options: HarnessLoad): Loader {
   const warn = (m: string) => void warnings.push(m);
-  if (options.memoryStore) return createLoader({ engine: createOrtEngine(), store: new MemoryStore(), concurrency: options.concurrency, warn });
+  if (options.memoryStore) {
+    return createLoader({ engine: createOrtEngine(), store: new MemoryStore(), concurrency: options.concurrency, warn, overlayOrtMinElements: options.overlayOrtMinElements });
+  }
   const make = () => createBrowserLoader({ budgetBytes: options.budgetBytes, concurrency: options.concurrency, warn });
   if (!options.reuse) return make();
   shared ??= make();
@@ -68,6 +76,7 @@ async function load(options: HarnessLoad): Promise<HarnessResult> {
       tag: options.tag,
       fingerprint: options.fingerprint,
       device: options.device,
+      loras: options.loras,
       signal: controller.signal,
       onProgress: (e) => {
         events.push(e);
@@ -87,7 +96,8 @@ async function load(options: HarnessLoad): Promise<HarnessResult> {
     if (!options.reuse) await p.dispose();
     // Store writes finish behind the load; tests inspect IndexedDB after them.
     await loader.flush();
-    return { ok: true, info, output, events: options.keepEvents === false ? [] : events, warnings: [...warnings], ms, blobsReadyMs };
+    const storedMs = performance.now() - started;
+    return { ok: true, info, output, events: options.keepEvents === false ? [] : events, warnings: [...warnings], ms, blobsReadyMs, storedMs };
   } catch (e) {
     await loader.flush();
     const err = e as Error & { code?: string };
@@ -116,6 +126,19 @@ const bench = {
     const t = performance.now();
     const values = await getMany<Uint8Array>(digests.map((d) => `blob:${d}`), db);
     if (values.some((v) => !v)) throw new Error('idbRead: a blob is missing');
+    return performance.now() - t;
+  },
+  /** The same reads plus one SHA-256 per record as it arrives: the least a verifying warm loader must do. */
+  async idbReadAndHash(digests: string[]): Promise<number> {
+    const db = createStore('fuseload', 'blobs');
+    const t = performance.now();
+    await Promise.all(
+      digests.map(async (d) => {
+        const value = await get<Uint8Array>(`blob:${d}`, db);
+        if (!value) throw new Error('idbReadAndHash: a blob is missing');
+        await crypto.subtle.digest('SHA-256', value as Uint8Array<ArrayBuffer>);
+      }),
+    );
     return performance.now() - t;
   },
   /** Fills the Cache API with the blobs (as transformers.js and others cache models). */
