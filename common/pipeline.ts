@@ -30,6 +30,11 @@ export interface LoraOverlay {
   /** …or a URL to the safetensors file. */
   url?: string;
   scale: number;
+  /**
+   * PEFT: the adapter_config.json lora_alpha (it is not inside the safetensors file); kohya
+   * and diffusers files carry their own or default to rank. Applies to modules with no alpha tensor.
+   */
+  alpha?: number;
 }
 
 export interface LoadPipelineOptions {

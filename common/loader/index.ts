@@ -24,20 +24,42 @@ import type {
 } from '../pipeline.ts';
 import { type BlobStore, MemoryStore } from '../store.ts';
 import { abortError, downloadBlob, throwIfAborted } from './download.ts';
-import { applyOverlays, overlayKey, resolveOverlays } from './overlay.ts';
+import { createOverlayRuntime, type OverlayLora, overlayKey, resolveOverlays } from './overlay.ts';
+
+/**
+ * An engine that can also build a session from files where the store keeps the blobs
+ * (onnxruntime-node maps them), so a warm load reads no weight bytes into memory itself.
+ */
+export interface FileEngine extends Engine {
+  /**
+   * `graph` is the graph blob's file; each shard's `file` is its blob's file, `path` the name the
+   * graph's `location` gives it. Null when it cannot use the files as they lie: the loader then
+   * reads the bytes and calls `create`.
+   */
+  createFromFiles(graph: string, externalData: { path: string; file: string }[], provider: Provider): Promise<EngineSession | null>;
+}
 
 export interface LoaderRuntime {
-  engine: Engine;
+  engine: Engine | FileEngine;
   /** Persistent tier: IndexedDB (browser) / disk (Node). */
   store: BlobStore;
   /** Default globalThis.fetch. */
   fetch?: typeof fetch;
   /** One download per blob across tabs/processes (Web Locks, lock files). Default: none. */
-  withLock?: <T>(name: string, fn: () => Promise<T>) => Promise<T>;
+  withLock?: <T>(name: string, fn: () => Promise<T>, onContended?: () => void) => Promise<T>;
+  /**
+   * Hold a load's store writes until its blobs are all in memory (default false), so writing
+   * does not compete with downloading and hashing. Only with a `withLock` that calls
+   * `onContended` before it waits: a waiter then releases every held-back write, so two tabs
+   * each holding one blob's lock cannot wait on each other (and a timer bounds the rest).
+   */
+  deferStoreWrites?: boolean;
   /** Parallel blob downloads, default 4. */
   concurrency?: number;
   /** Default console.warn. */
   warn?: (message: string) => void;
+  /** Load-time LoRA overlays: weights with at least this many elements merge on onnxruntime, smaller ones in JS (default 2^20). */
+  overlayOrtMinElements?: number;
 }
 
 export interface Loader {
@@ -71,6 +93,12 @@ export function createLoader(runtime: LoaderRuntime): Loader {
   const sessions = new Map<string, Promise<CachedSession>>();
   /** Store writes still running after their load went on (store-behind). */
   const pendingWrites = new Set<Promise<unknown>>();
+  /** Held-back writes of loads still running (deferStoreWrites), each a gate's opener. */
+  const gates = new Set<() => void>();
+  const openGates = () => {
+    for (const open of gates) open();
+  };
+  const overlay = createOverlayRuntime({ engine, memory, store, fetch: fetchFn, warn, ortMinElements: runtime.overlayOrtMinElements });
 
   async function loadPipeline(options: LoadPipelineOptions): Promise<Pipeline> {
     const { signal } = options;
@@ -83,7 +111,11 @@ export function createLoader(runtime: LoaderRuntime): Loader {
     const { fingerprint, manifest } = await resolveManifest(origin, options, progress);
     const providers = engine.providers(options.device ?? 'auto');
     if (providers.length === 0) throw new FuseloadError('unsupported', `device: "${options.device}" names no provider this runtime has`);
-    const prefix = `${fingerprint}|${overlayKey(overlays)}|`;
+    // LoRA files first: a URL's digest is only known once fetched, and it names the overlay in the key.
+    const loras = overlays.length
+      ? await overlay.fetchLoras(origin, overlays, { download: (file, loaded, total) => progress.emit('download', file, loaded, total) }, signal)
+      : [];
+    const prefix = `${fingerprint}|${overlayKey(loras)}|`;
 
     // The pipeline cache: keyed by the provider chain asked for, and by the provider that ran
     // (so device 'webgpu' finds what 'auto' built on WebGPU).
@@ -92,7 +124,7 @@ export function createLoader(runtime: LoaderRuntime): Loader {
       const entry = await cached.catch(() => null);
       if (entry && !entry.released) return handle(entry, true);
     }
-    const building = build(origin, options.model, fingerprint, manifest, overlays, providers, progress, signal);
+    const building = build(origin, options.model, fingerprint, manifest, loras, providers, progress, signal);
     const key = prefix + providers.join(',');
     sessions.set(key, building);
     try {
@@ -110,30 +142,39 @@ export function createLoader(runtime: LoaderRuntime): Loader {
     model: string,
     fingerprint: Digest,
     manifest: Manifest,
-    overlays: ReturnType<typeof resolveOverlays>,
+    overlays: OverlayLora[],
     providers: Provider[],
     progress: Progress,
     signal: AbortSignal | undefined,
   ): Promise<CachedSession> {
     const refs = manifestBlobs(manifest);
     progress.total = refs.reduce((n, r) => n + r.size, 0);
+    // Overlays need the bytes of the shards they change; without any, try the stored files as they lie.
+    const mapped = overlays.length === 0 ? await buildFromStoreFiles(model, fingerprint, manifest, refs, providers, progress, signal) : null;
+    if (mapped) return mapped;
     const sources: Record<Digest, CacheSource> = {};
     let bytesFetched = 0;
+    for (const lora of overlays) {
+      sources[lora.digest] = lora.source;
+      bytesFetched += lora.bytesFetched;
+    }
     const blobs = new Map<Digest, Uint8Array>();
     // Abort siblings as soon as one blob fails, so a bad load stops promptly.
     const stop = new AbortController();
     const forward = () => stop.abort(signal?.reason);
     signal?.addEventListener('abort', forward, { once: true });
+    const gate = writeGate();
     try {
       await Promise.all(
+        // Not under `limit`: memory and store reads all start at once (getBlob limits downloads).
         refs.map((ref) =>
-          limit(async () => {
+          (async () => {
             throwIfAborted(stop.signal, model);
-            const got = await getBlob(origin, ref, progress, stop.signal);
+            const got = await getBlob(origin, ref, progress, stop.signal, gate.wait);
             sources[ref.digest] = got.source;
             bytesFetched += got.bytesFetched;
             blobs.set(ref.digest, got.bytes);
-          }).catch((e) => {
+          })().catch((e) => {
             if (!stop.signal.aborted) stop.abort(e);
             throw e;
           }),
@@ -144,12 +185,15 @@ export function createLoader(runtime: LoaderRuntime): Loader {
       throw e;
     } finally {
       signal?.removeEventListener('abort', forward);
+      gate.open(); // every blob is in memory (or the load failed): its verified blobs may be written now
     }
 
     const graph = blobs.get(manifest.graph.digest)!;
     const shards: ExternalDataFile[] = manifest.shards.map((s) => ({ path: digestHex(s.digest), data: blobs.get(s.digest)! }));
     // The single place load-time overlays change weights (on copies; base blobs stay as stored).
-    const { files, applied } = await applyOverlays(manifest, shards, overlays);
+    const { files, applied } = await overlay.applyOverlays(manifest, shards, overlays, providers, {
+      overlay: (file, loaded, total) => progress.emit('overlay', file, loaded, total),
+    });
 
     const fallbacks: PipelineInfo['fallbacks'] = [];
     let session: EngineSession | null = null;
@@ -177,6 +221,59 @@ export function createLoader(runtime: LoaderRuntime): Loader {
       released: false,
       info: { fingerprint, manifest, provider, fallbacks, sources, bytesFetched, overlays: applied, fromPipelineCache: false },
     };
+  }
+
+  /**
+   * A warm load straight from the store's files: when the store vouches for every blob's file
+   * (`locate`: the same check as its `get`) and the engine takes files. Null sends the load down
+   * the byte path: a blob in memory, missing or corrupt in the store, files the engine cannot
+   * use, or every provider failing on them (the byte path then gives the real reason).
+   */
+  async function buildFromStoreFiles(
+    model: string,
+    fingerprint: Digest,
+    manifest: Manifest,
+    refs: BlobRef[],
+    providers: Provider[],
+    progress: Progress,
+    signal: AbortSignal | undefined,
+  ): Promise<CachedSession | null> {
+    const createFromFiles = (engine as Partial<FileEngine>).createFromFiles?.bind(engine);
+    const locate = store.locate?.bind(store);
+    if (!createFromFiles || !locate) return null;
+    // Bytes already in memory are cheaper than files, and were verified when they got there.
+    for (const ref of refs) if (await memory.has(ref.digest)) return null;
+    const files = await Promise.all(refs.map((ref) => locate(ref.digest, ref.size).catch(() => null)));
+    if (files.some((f) => f === null)) return null;
+    const fileOf = new Map(refs.map((ref, i) => [ref.digest, files[i]!]));
+    const externalData = manifest.shards.map((s) => ({ path: digestHex(s.digest), file: fileOf.get(s.digest)! }));
+    const sources: Record<Digest, CacheSource> = {};
+    for (const ref of refs) {
+      sources[ref.digest] = 'store';
+      progress.blobDone(ref, 'store');
+    }
+    const fallbacks: PipelineInfo['fallbacks'] = [];
+    for (const candidate of providers) {
+      throwIfAborted(signal, model);
+      progress.emit('session', manifest.graph.digest, 0, 1);
+      let session: EngineSession | null;
+      try {
+        session = await createFromFiles(fileOf.get(manifest.graph.digest)!, externalData, candidate);
+      } catch (e) {
+        fallbacks.push({ provider: candidate, reason: e instanceof Error ? e.message : String(e) });
+        continue;
+      }
+      if (!session) return null;
+      for (const f of fallbacks) warn(`${model}: ${f.provider} could not run it (${f.reason}); trying the next provider`);
+      progress.emit('session', manifest.graph.digest, 1, 1);
+      return {
+        session,
+        handles: 0,
+        released: false,
+        info: { fingerprint, manifest, provider: candidate, fallbacks, sources, bytesFetched: 0, overlays: [], fromPipelineCache: false },
+      };
+    }
+    return null;
   }
 
   function handle(entry: CachedSession, fromPipelineCache: boolean): Pipeline {
@@ -264,8 +361,26 @@ export function createLoader(runtime: LoaderRuntime): Loader {
     return new Uint8Array(await response.arrayBuffer());
   }
 
+  /**
+   * Where a load's store writes wait (deferStoreWrites): opened when its blobs are all in memory,
+   * when any load of this loader has to wait for a lock, or after DEFER_WRITES_MAX_MS at most.
+   */
+  function writeGate(): { wait: Promise<void>; open: () => void } {
+    if (!runtime.deferStoreWrites) return { wait: Promise.resolve(), open: () => {} };
+    let release!: () => void;
+    const wait = new Promise<void>((resolve) => (release = resolve));
+    const open = () => {
+      gates.delete(open);
+      clearTimeout(timer);
+      release();
+    };
+    const timer = setTimeout(open, DEFER_WRITES_MAX_MS);
+    gates.add(open);
+    return { wait, open };
+  }
+
   /** One blob: memory → store (re-verified: a tampered record is dropped) → network under the lock. */
-  async function getBlob(origin: string, ref: BlobRef, progress: Progress, signal: AbortSignal) {
+  async function getBlob(origin: string, ref: BlobRef, progress: Progress, signal: AbortSignal, writeAfter: Promise<void>) {
     const hit = await memory.get(ref.digest);
     if (hit) {
       progress.blobDone(ref, 'memory');
@@ -276,7 +391,9 @@ export function createLoader(runtime: LoaderRuntime): Loader {
 
     // Store-behind: the load continues as soon as the bytes are verified, while the lock is
     // held until they are stored, so another tab waiting on it finds them in its store.
-    return new Promise<{ bytes: Uint8Array; source: CacheSource; bytesFetched: number }>((resolve, reject) => {
+    // Downloads share the loader's concurrency limit; a slot is freed once the bytes are verified.
+    return limit(() => new Promise<{ bytes: Uint8Array; source: CacheSource; bytesFetched: number }>((resolve, reject) => {
+      throwIfAborted(signal, ref.digest);
       const task = withLock(`fuseload:blob:${digestHex(ref.digest)}`, async () => {
         // Another tab or process may have stored it while we waited for the lock.
         const late = (await memory.get(ref.digest)) ?? (await readStore(ref, progress));
@@ -294,9 +411,10 @@ export function createLoader(runtime: LoaderRuntime): Loader {
         progress.emit('verify', ref.digest, ref.size, ref.size);
         await memory.put(ref.digest, result.bytes);
         progress.emit('store', ref.digest, 0, ref.size);
-        // Writing waits for nothing else: holding this lock while waiting on other blobs (each
-        // behind its own lock, maybe held by another tab) could deadlock two tabs.
+        // The write waits at most for this load's own blobs (writeAfter), and a tab that has to
+        // wait for a lock first releases its held-back writes: no two tabs wait on each other.
         resolve({ bytes: result.bytes, source: 'network', bytesFetched: result.bytesFetched });
+        await writeAfter;
         try {
           await store.put(ref.digest, result.bytes);
           progress.emit('store', ref.digest, ref.size, ref.size);
@@ -304,7 +422,7 @@ export function createLoader(runtime: LoaderRuntime): Loader {
           // Quota or a broken store: the load goes on from memory, never a crash.
           warn(`blob ${ref.digest} not cached in ${store.kind} (${errorText(e)}); running from memory`);
         }
-      });
+      }, openGates);
       pendingWrites.add(task);
       task.then(
         () => pendingWrites.delete(task),
@@ -313,7 +431,7 @@ export function createLoader(runtime: LoaderRuntime): Loader {
           reject(e);
         },
       );
-    });
+    }));
   }
 
   async function readStore(ref: BlobRef, progress: Progress): Promise<Uint8Array | null> {
@@ -326,7 +444,8 @@ export function createLoader(runtime: LoaderRuntime): Loader {
     }
     if (!bytes) return null;
     progress.emit('verify', ref.digest, 0, ref.size);
-    if (bytes.byteLength !== ref.size || (await sha256(bytes)) !== ref.digest) {
+    // A store that verifies its own reads (DiskStore's stamp check) is not hashed twice.
+    if (bytes.byteLength !== ref.size || (!store.verifiesReads && (await sha256(bytes)) !== ref.digest)) {
       warn(`blob ${ref.digest} in ${store.kind} is corrupt; fetching it again`);
       await store.delete(ref.digest).catch(() => {});
       return null;
@@ -355,6 +474,9 @@ export function createLoader(runtime: LoaderRuntime): Loader {
     },
   };
 }
+
+/** The longest a verified blob's store write is held back behind its load (deferStoreWrites). */
+const DEFER_WRITES_MAX_MS = 5_000;
 
 /** Progress for one load: per-file events plus the aggregate over every blob. */
 class Progress {

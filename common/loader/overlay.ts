@@ -2,37 +2,254 @@
  * Load-time LoRA overlays. This is the one place where overlays touch weights: they get
  * copies of the external-data files they change and never the base blobs, which stay
  * shared with the memory tier and every store.
+ *
+ * The recipe is `fuseload build`'s (common/lora): matchLora against the manifest's tensor
+ * index, then per targeted tensor fp32 math cast back once, LoRAs in (digest, scale) order.
+ * Only targeted tensors are read; only shards holding one are copied; the rest are passed on
+ * as the very same buffers. Large fp32/fp16 tensors merge through the runtime's onnxruntime
+ * on the pipeline's providers (overlay-merge.ts), the rest in JavaScript, as the build does.
  */
-import type { Manifest } from '../manifest.ts';
-import type { ExternalDataFile, LoraOverlay } from '../pipeline.ts';
-import type { Digest } from '../digest.ts';
-import { FuseloadError } from '../errors.ts';
+import { type Digest, digestHex, sha256, toDigest } from '../digest.ts';
+import { badInput, FuseloadError } from '../errors.ts';
+import { blobKey } from '../keys.ts';
+import { readLora } from '../lora/adapter.ts';
+import { applyLoraDelta, type LoraMatrix } from '../lora/delta.ts';
+import { bytesToF32, f32ToBytes, type FloatDtype } from '../lora/dtype.ts';
+import { matchLora } from '../lora/match.ts';
+import { EngineMerger, type MergeTerm } from '../lora/overlay-merge.ts';
+import type { Manifest, TensorEntry } from '../manifest.ts';
+import type { CacheSource, Engine, ExternalDataFile, LoraOverlay, Provider } from '../pipeline.ts';
+import type { BlobStore } from '../store.ts';
+import { abortError } from './download.ts';
 
+/** A requested overlay, checked; `digest` is known up front unless it was given by URL. */
 export interface ResolvedOverlay {
+  digest?: Digest;
+  url?: string;
+  scale: number;
+  alpha?: number;
+}
+
+/** An overlay with its LoRA file in memory, verified. */
+export interface OverlayLora {
   digest: Digest;
   scale: number;
+  alpha?: number;
+  bytes: Uint8Array;
+  /** For messages: the URL's file name, or the digest. */
+  label: string;
+  source: CacheSource;
+  bytesFetched: number;
+}
+
+export interface AppliedOverlay {
+  digest: Digest;
+  scale: number;
+  matched: number;
 }
 
 /** Checks the requested overlays before anything is fetched. */
 export function resolveOverlays(loras: LoraOverlay[] | undefined): ResolvedOverlay[] {
-  if (!loras || loras.length === 0) return [];
-  throw new FuseloadError('unsupported', `loras: load-time overlays are not supported yet (${loras.length} given); build a merged artifact with \`fuseload build --lora\``);
+  if (loras === undefined || loras === null) return [];
+  if (!Array.isArray(loras)) throw badInput('loras', 'must be a list of {digest | url, scale}');
+  return loras.map((l, i) => {
+    const input = `loras[${i}]`;
+    if (!l || typeof l !== 'object') throw badInput(input, 'must be {digest | url, scale}');
+    if ((l.digest === undefined) === (l.url === undefined)) throw badInput(input, 'give exactly one of digest or url');
+    if (typeof l.scale !== 'number' || !Number.isFinite(l.scale)) throw badInput(`${input}.scale`, `${String(l.scale)} is not a finite number`);
+    if (l.alpha !== undefined && (typeof l.alpha !== 'number' || !Number.isFinite(l.alpha) || l.alpha <= 0)) {
+      throw badInput(`${input}.alpha`, `${String(l.alpha)} is not a positive finite number`);
+    }
+    const extra = l.alpha === undefined ? {} : { alpha: l.alpha };
+    if (l.digest !== undefined) return { digest: toDigest(String(l.digest), `${input}.digest`), scale: l.scale, ...extra };
+    let url: URL;
+    try {
+      url = new URL(String(l.url));
+    } catch {
+      throw badInput(`${input}.url`, `"${String(l.url).slice(0, 200)}" is not an absolute URL`);
+    }
+    return { url: url.href, scale: l.scale, ...extra };
+  });
 }
 
-/** Stable text for the pipeline cache key: digests and scales, in the order applied. */
-export function overlayKey(overlays: ResolvedOverlay[]): string {
-  return overlays.map((o) => `${o.digest}*${o.scale}`).join('+');
+/** Stable text for the pipeline cache key: digests, scales and any alpha, in the order applied. */
+export function overlayKey(overlays: { digest: Digest; scale: number; alpha?: number }[]): string {
+  return overlays.map((o) => `${o.digest}*${o.scale}${o.alpha === undefined ? '' : `@${o.alpha}`}`).join('+');
 }
 
-/**
- * Returns the external data the engine gets: `files` itself when there are no overlays,
- * otherwise copies of the touched shards with the deltas applied.
- */
-export async function applyOverlays(
-  _manifest: Manifest,
-  files: ExternalDataFile[],
-  overlays: ResolvedOverlay[],
-): Promise<{ files: ExternalDataFile[]; applied: { digest: Digest; scale: number; matched: number }[] }> {
-  if (overlays.length === 0) return { files, applied: [] };
-  throw new FuseloadError('unsupported', 'loras: load-time overlays are not supported yet');
+export interface OverlayRuntimeOptions {
+  engine: Engine;
+  memory: BlobStore;
+  store: BlobStore;
+  fetch: typeof fetch;
+  warn: (message: string) => void;
+  /** Tensors with at least this many elements merge on onnxruntime (default 2^20, as `fuseload build`). */
+  ortMinElements?: number;
+}
+
+export interface OverlayEvents {
+  /** A LoRA file's bytes: `loaded` of `total` (total 0 while unknown). */
+  download?(file: string, loaded: number, total: number): void;
+  /** Tensors merged so far. */
+  overlay?(file: string, loaded: number, total: number): void;
+}
+
+/** The loader's overlay state: which URL hashed to which digest, and the merge sessions. */
+export function createOverlayRuntime(options: OverlayRuntimeOptions) {
+  const { memory, store, warn } = options;
+  // A URL is fetched once per loader: its digest then names it (a URL whose bytes change later
+  // keeps the first digest until the loader is gone; digests are the way to pin exact bytes).
+  const urlDigests = new Map<string, Digest>();
+  const merger = new EngineMerger(options.engine, warn);
+  const ortMin = options.ortMinElements ?? 1 << 20;
+
+  /** One LoRA file by digest or URL: memory → store (re-verified) → network (verified). */
+  async function fetchLora(origin: string, o: ResolvedOverlay, events: OverlayEvents, signal?: AbortSignal): Promise<OverlayLora> {
+    const known = o.digest ?? (o.url ? urlDigests.get(o.url) : undefined);
+    const label = o.url ? labelOf(o.url) : o.digest!;
+    const base = { scale: o.scale, ...(o.alpha === undefined ? {} : { alpha: o.alpha }), label };
+    if (known) {
+      const hit = await memory.get(known);
+      if (hit) return { ...base, digest: known, bytes: hit, source: 'memory', bytesFetched: 0 };
+      let stored: Uint8Array | null = null;
+      try {
+        stored = await store.get(known);
+      } catch (e) {
+        warn(`LoRA ${known}: ${store.kind} read failed (${(e as Error).message}); fetching it`);
+      }
+      if (stored) {
+        if ((await sha256(stored)) === known) {
+          await memory.put(known, stored);
+          return { ...base, digest: known, bytes: stored, source: 'store', bytesFetched: 0 };
+        }
+        warn(`LoRA ${known} in ${store.kind} is corrupt; fetching it again`);
+        await store.delete(known).catch(() => {});
+      }
+    }
+    const url = o.url ?? `${origin}/${blobKey(known!)}`;
+    const shown = o.url ? label : url;
+    let response: Response;
+    try {
+      response = await options.fetch(url, { signal, cache: 'no-store' });
+    } catch (e) {
+      if (signal?.aborted) throw abortError(shown, signal);
+      throw new FuseloadError('network', `${shown}: ${(e as Error).message}`, { cause: e });
+    }
+    if (response.status === 404) throw new FuseloadError('not-found', `${shown}: HTTP 404 (LoRA ${o.digest ?? 'file'} is not there)`);
+    if (!response.ok) throw new FuseloadError('network', `${shown}: HTTP ${response.status}`);
+    const total = Number(response.headers.get('Content-Length') ?? 0) || 0;
+    events.download?.(known ?? label, 0, total);
+    const bytes = new Uint8Array(await response.arrayBuffer());
+    const digest = await sha256(bytes);
+    if (o.digest && digest !== o.digest) throw new FuseloadError('digest-mismatch', `${shown}: LoRA bytes hash to ${digest}, expected ${o.digest}`);
+    events.download?.(digest, bytes.length, bytes.length);
+    if (o.url) urlDigests.set(o.url, digest);
+    await memory.put(digest, bytes);
+    // The digest was computed from these very bytes, so they are as verified as any blob.
+    await store.put(digest, bytes).catch((e) => warn(`LoRA ${digest} not cached in ${store.kind} (${(e as Error).message})`));
+    return { ...base, digest, bytes, source: 'network', bytesFetched: bytes.length };
+  }
+
+  /** Every LoRA of a load, in the order they are applied: (digest, scale), as `fuseload build` orders them. */
+  async function fetchLoras(origin: string, overlays: ResolvedOverlay[], events: OverlayEvents, signal?: AbortSignal): Promise<OverlayLora[]> {
+    const loras = await Promise.all(overlays.map((o) => fetchLora(origin, o, events, signal)));
+    return loras.sort((a, b) => (a.digest < b.digest ? -1 : a.digest > b.digest ? 1 : a.scale - b.scale || (a.alpha ?? 0) - (b.alpha ?? 0)));
+  }
+
+  /**
+   * Returns the external data the engine gets: `files` itself when nothing changes, otherwise
+   * `files` with each touched shard replaced by a modified copy (untouched ones are the same objects).
+   */
+  async function applyOverlays(
+    manifest: Manifest,
+    files: ExternalDataFile[],
+    loras: OverlayLora[],
+    providers: Provider[],
+    events: OverlayEvents = {},
+  ): Promise<{ files: ExternalDataFile[]; applied: AppliedOverlay[]; tensors: number; shards: number }> {
+    if (loras.length === 0) return { files, applied: [], tensors: 0, shards: 0 };
+    const targets = new Map<TensorEntry, (MergeTerm & { label: string })[]>();
+    const applied: AppliedOverlay[] = [];
+    for (const lora of loras) {
+      // PEFT keeps alpha in adapter_config.json, not in the file: the overlay's `alpha` stands in for it.
+      const adapter = readLora(lora.bytes, lora.label, lora.alpha === undefined ? undefined : { lora_alpha: lora.alpha });
+      const { applications, matchedKeys, unmatchedKeys } = matchLora(adapter, manifest.tensors, lora.label);
+      applied.push({ digest: lora.digest, scale: lora.scale, matched: matchedKeys.length });
+      if (matchedKeys.length === 0) warn(`LoRA ${lora.label}: none of its ${unmatchedKeys.length} keys match a weight of ${manifest.name}`);
+      // Scale 0 adds nothing: skipping it keeps the base bytes exactly (and uncopied).
+      if (lora.scale === 0) continue;
+      for (const { target, module } of applications) {
+        if (target.dtype !== 'float32' && target.dtype !== 'float16' && target.dtype !== 'bfloat16') {
+          throw new FuseloadError('unsupported', `LoRA ${lora.label}: weight "${target.name}" of ${manifest.name} is ${target.dtype}, not fp32/fp16/bf16`);
+        }
+        const terms = targets.get(target) ?? [];
+        terms.push({ up: module.up as LoraMatrix, down: module.down as LoraMatrix, alpha: module.alpha, scale: lora.scale, label: `${lora.label}: "${module.label}"` });
+        targets.set(target, terms);
+      }
+    }
+    if (targets.size === 0) return { files, applied, tensors: 0, shards: 0 };
+
+    // One copy per touched shard (grouped by digest: the graph names external data by it).
+    const byShard = new Map<string, TensorEntry[]>();
+    for (const entry of targets.keys()) {
+      const hex = digestHex(manifest.shards[entry.shard].digest);
+      const list = byShard.get(hex) ?? [];
+      list.push(entry);
+      byShard.set(hex, list);
+    }
+    const copies = new Map<string, Uint8Array>();
+    let done = 0;
+    events.overlay?.(manifest.name, 0, targets.size);
+    for (const [hex, entries] of byShard) {
+      const original = files.find((f) => f.path === hex);
+      if (!original) throw new FuseloadError('bad-input', `${manifest.name}: shard ${hex} is not among the external data`);
+      const copy = new Uint8Array(original.data.length);
+      // Only the bytes no merge writes are copied as they are: the merges read the original.
+      entries.sort((a, b) => a.offset - b.offset);
+      let at = 0;
+      for (const entry of entries) {
+        copy.set(original.data.subarray(at, entry.offset), at);
+        at = entry.offset + entry.length;
+      }
+      copy.set(original.data.subarray(at), at);
+      for (const entry of entries) {
+        const range = [entry.offset, entry.offset + entry.length] as const;
+        await mergeTensor(original.data.subarray(...range), copy.subarray(...range), entry, targets.get(entry)!, providers);
+        events.overlay?.(entry.name, ++done, targets.size);
+      }
+      copies.set(hex, copy);
+    }
+    return {
+      files: files.map((f) => (copies.has(f.path) ? { path: f.path, data: copies.get(f.path)! } : f)),
+      applied,
+      tensors: targets.size,
+      shards: copies.size,
+    };
+  }
+
+  async function mergeTensor(src: Uint8Array, dst: Uint8Array, entry: TensorEntry, terms: (MergeTerm & { label: string })[], providers: Provider[]): Promise<void> {
+    const dtype = entry.dtype as FloatDtype;
+    const count = entry.shape.reduce((a, b) => a * b, 1);
+    if (dtype !== 'bfloat16' && count >= ortMin && entry.layout !== 'none') {
+      // No fallback after a failed run: part of the tensor may already be merged.
+      if (await merger.merge(src, dst, dtype, entry.shape, entry.layout, terms, providers)) return;
+    }
+    const weight = bytesToF32(src, dtype);
+    for (const t of terms) applyLoraDelta(weight, { name: entry.name, shape: entry.shape, layout: entry.layout }, t.up, t.down, t.alpha, t.scale, t.label);
+    dst.set(f32ToBytes(weight, dtype));
+  }
+
+  return { fetchLoras, applyOverlays };
+}
+
+export type OverlayRuntime = ReturnType<typeof createOverlayRuntime>;
+
+/** A URL's file name, without query or fragment (which may carry a signature). */
+function labelOf(url: string): string {
+  try {
+    const u = new URL(url);
+    return decodeURIComponent(u.pathname.split('/').filter(Boolean).pop() ?? u.host) || u.host;
+  } catch {
+    return 'lora';
+  }
 }

@@ -100,10 +100,10 @@ describe('fuseload serve', () => {
     await expectError(await post({ model: 'tiny', tag: 'latest', pad: 'x'.repeat(20_000) }), 413, /larger than 16384 bytes/);
   });
 
-  it('404 for a model the origin does not have, 501 for load-time LoRAs (not supported yet)', async () => {
+  it('404 for a model or a load-time LoRA the origin does not have', async () => {
     await expectError(await post({ model: 'nope', tag: 'latest' }), 404, /tags\/nope\/latest\.json: HTTP 404/);
-    const json = await expectError(await post({ model: 'tiny', tag: 'latest', loras: [{ digest: 'a'.repeat(64), scale: 0.5 }] }), 501, /^loras: /);
-    expect(json.error).toBe('unsupported');
+    const json = await expectError(await post({ model: 'tiny', tag: 'latest', loras: [{ digest: 'a'.repeat(64), scale: 0.5 }] }), 404, new RegExp(`/blobs/sha256/${'a'.repeat(64)}: HTTP 404`));
+    expect(json.error).toBe('not-found');
   });
 
   it('404 JSON for unknown endpoints', async () => {

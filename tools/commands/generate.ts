@@ -1,18 +1,22 @@
 /**
  * `fuseload generate --origin <url> --model <name> [--tag <t> | --fingerprint <hex>]
- *   [--lora <url|path>[:scale] …] [--device auto|cuda|cpu] [--seed N] [--width W] [--height H] --out image.png`
+ *   [--lora <url|path|sha256:hex>[:scale] …] [--device auto|cuda|cpu] [--seed N] [--width W] [--height H] --out image.png`
+ *
+ * `--lora` overlays a LoRA on the clean base at load time (a digest is fetched from --origin's
+ * blobs); a PEFT file's lora_alpha comes from the adapter_config.json beside it.
  *
  * One image with the Node runtime. With --fingerprint and a warm PIPELINE_STORE it makes
  * no network request at all (the manifest and every blob come from the store).
  */
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { writeFile } from 'node:fs/promises';
-import { resolve } from 'node:path';
+import { basename, dirname, join, resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { SingleBar } from 'cli-progress';
 import { type Command, InvalidArgumentError, Option } from 'commander';
 import { toDigest } from '../../common/digest.ts';
 import { badInput } from '../../common/errors.ts';
+import { parsePeftConfig } from '../../common/lora/adapter.ts';
 import type { Device, LoraOverlay, ProgressEvent } from '../../common/pipeline.ts';
 import { createNodeRuntime } from '../runtime/index.ts';
 import { renderPng } from '../server/render.ts';
@@ -44,9 +48,32 @@ export function parseLora(value: string, previous: LoraOverlay[] = []): LoraOver
   let lora: LoraOverlay;
   if (/^https?:\/\//.test(source)) lora = { url: source, scale };
   else if (/^(sha256:)?[0-9a-f]{64}$/.test(source)) lora = { digest: toDigest(source, '--lora'), scale };
-  else if (existsSync(source)) lora = { url: pathToFileURL(resolve(source)).href, scale };
-  else throw new InvalidArgumentError(`"${source}" is not a URL, a sha256 digest or an existing file`);
+  else if (existsSync(source)) {
+    lora = { url: pathToFileURL(resolve(source)).href, scale };
+    const alpha = peftAlpha(source);
+    if (alpha !== undefined) lora.alpha = alpha;
+  } else throw new InvalidArgumentError(`"${source}" is not a URL, a sha256 digest or an existing file`);
   return [...previous, lora];
+}
+
+/**
+ * A PEFT adapter's lora_alpha lives in its adapter_config.json, found as `fuseload build` finds
+ * it: `<stem>.adapter_config.json` beside the file, or `adapter_config.json` in its folder.
+ */
+function peftAlpha(path: string): number | undefined {
+  const stem = basename(path).replace(/\.safetensors$/, '');
+  for (const candidate of [join(dirname(path), `${stem}.adapter_config.json`), join(dirname(path), 'adapter_config.json')]) {
+    if (!existsSync(candidate)) continue;
+    let json: unknown;
+    try {
+      json = JSON.parse(readFileSync(candidate, 'utf8'));
+    } catch (e) {
+      throw new InvalidArgumentError(`${basename(candidate)} is not valid JSON (${(e as Error).message})`);
+    }
+    const alpha = parsePeftConfig(json, basename(candidate)).lora_alpha;
+    return alpha ? alpha : undefined;
+  }
+  return undefined;
 }
 
 function progressBar(): { onProgress?: (e: ProgressEvent) => void; stop(): void } {

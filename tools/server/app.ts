@@ -2,12 +2,12 @@
  * The generation server (successor of the original `handler.py`), Web Standards only; the
  * Node adapter is in ./node.ts.
  *
- *   POST /v1/generate {model, tag | fingerprint, loras?: [{digest | url, scale}], seed?, width?, height?}
+ *   POST /v1/generate {model, tag | fingerprint, loras?: [{digest | url, scale, alpha?}], seed?, width?, height?}
  *     → 200 image/png (X-Fuseload-Fingerprint, X-Fuseload-Provider, X-Fuseload-Pipeline-Cache)
  *   GET /healthz → {ok, providers, pipelines}
  *
  * Errors are JSON `{error: <code>, message: <one line>}`: 400 bad request, 404 unknown model,
- * 413 body too large, 501 unsupported (load-time LoRAs for now), 502 origin trouble,
+ * 413 body too large, 422 a LoRA that does not fit the model, 501 unsupported, 502 origin trouble,
  * 503 + Retry-After when the generation queue is full.
  */
 import { Hono } from 'hono';
@@ -53,6 +53,11 @@ export interface ServerOptions {
   providers: Provider[];
   limits?: Partial<ServerLimits>;
   log?: (line: string) => void;
+  /**
+   * Accept `loras[].url` (the server then fetches any http(s) URL a client names). Default false:
+   * LoRAs by digest only, from `origin`.
+   */
+  loraUrls?: boolean;
 }
 
 function requestSchema(limits: ServerLimits) {
@@ -68,6 +73,8 @@ function requestSchema(limits: ServerLimits) {
       digest: z.string().refine((s) => isDigest(s) || isHex(s), 'must be sha256:<64 lowercase hex>').optional(),
       url: z.url({ protocol: /^https?$/ }).optional(),
       scale: z.number().finite().min(-10).max(10).default(1),
+      /** PEFT adapters: their adapter_config.json lora_alpha. */
+      alpha: z.number().finite().positive().optional(),
     })
     .refine((l) => (l.digest === undefined) !== (l.url === undefined), 'give exactly one of digest or url');
   return z
@@ -144,6 +151,8 @@ export function createServerApp(options: ServerOptions) {
         return fail('bad-input', `${field}: ${issue.message}`, 400);
       }
       const request = parsed.data;
+      const byUrl = request.loras.findIndex((l) => l.url !== undefined);
+      if (byUrl >= 0 && !options.loraUrls) return fail('bad-input', `loras.${byUrl}.url: this server loads LoRAs by digest from its origin only`, 400);
       if (queue.activeCount + queue.pendingCount >= limits.concurrency + limits.queue) {
         c.header('Retry-After', '1');
         return new Response(JSON.stringify({ error: 'busy', message: `server busy: ${queue.activeCount} generating, ${queue.pendingCount} waiting` }), {
