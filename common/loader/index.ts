@@ -108,7 +108,12 @@ export function createLoader(runtime: LoaderRuntime): Loader {
     const progress = new Progress(options.onProgress);
     throwIfAborted(signal, options.model);
 
-    const { fingerprint, manifest } = await resolveManifest(origin, options, progress);
+    const { fingerprint, manifest, fetched } = await resolveManifest(origin, options, progress);
+    // A fetched manifest is stored once the load's blobs are in hand: written earlier, under a
+    // byte budget it could evict a stored blob this very load is about to read.
+    const keepManifest = async () => {
+      if (fetched) await store.put(fingerprint, fetched).catch((e) => warn(`${manifestKey(fingerprint)}: not cached (${errorText(e)})`));
+    };
     const providers = engine.providers(options.device ?? 'auto');
     if (providers.length === 0) throw new FuseloadError('unsupported', `device: "${options.device}" names no provider this runtime has`);
     // LoRA files first: a URL's digest is only known once fetched, and it names the overlay in the key.
@@ -122,7 +127,10 @@ export function createLoader(runtime: LoaderRuntime): Loader {
     const cached = sessions.get(prefix + providers.join(','));
     if (cached) {
       const entry = await cached.catch(() => null);
-      if (entry && !entry.released) return handle(entry, true);
+      if (entry && !entry.released) {
+        await keepManifest();
+        return handle(entry, true);
+      }
     }
     const building = build(origin, options.model, fingerprint, manifest, loras, providers, progress, signal);
     const key = prefix + providers.join(',');
@@ -130,6 +138,7 @@ export function createLoader(runtime: LoaderRuntime): Loader {
     try {
       const entry = await building;
       sessions.set(prefix + entry.info.provider, building);
+      await keepManifest();
       return handle(entry, false);
     } catch (e) {
       if (sessions.get(key) === building) sessions.delete(key);
@@ -329,7 +338,7 @@ export function createLoader(runtime: LoaderRuntime): Loader {
         checkName(manifest, options.model, key);
         if (tier !== memory) await memory.put(fingerprint, bytes);
         progress.emit('manifest', key, 1, 1);
-        return { fingerprint, manifest };
+        return { fingerprint, manifest, fetched: null };
       } catch (e) {
         if (isFuseloadError(e) && e.code === 'digest-mismatch') {
           warn(`${key} in the ${tier.kind} cache is corrupt; fetching it again`);
@@ -343,9 +352,8 @@ export function createLoader(runtime: LoaderRuntime): Loader {
     const manifest = await decodeManifest(bytes, key, fingerprint);
     checkName(manifest, options.model, key);
     await memory.put(fingerprint, bytes);
-    await store.put(fingerprint, bytes).catch((e) => warn(`${key}: not cached (${errorText(e)})`));
     progress.emit('manifest', key, 1, 1);
-    return { fingerprint, manifest };
+    return { fingerprint, manifest, fetched: bytes };
   }
 
   async function fetchSmall(url: string, signal: AbortSignal | undefined, cache: RequestCache): Promise<Uint8Array> {
