@@ -74,6 +74,48 @@ function transpose(m: Float32Array, rows: number, cols: number): Float32Array {
   return out;
 }
 
+/** The merge as one GEMM over a weight stored [rows, cols]: y = w + left·right. */
+export interface StackedFactors {
+  rows: number;
+  cols: number;
+  /** Sum of the terms' ranks. */
+  rank: number;
+  /** [rows, rank]: the up matrices pre-scaled (oi/oihw), or the downs transposed (io). */
+  left: Float32Array;
+  /** [rank, cols]: the down matrices (oi/oihw), or the scaled ups transposed (io). */
+  right: Float32Array;
+}
+
+/**
+ * Stacks several LoRAs on one weight into one product: [f₁U₁ | f₂U₂ | …]·[D₁; D₂; …], each up
+ * pre-scaled by its factor (scale × alpha/rank). W as stored: oi/oihw [out, k], ΔW = U·D;
+ * io [k, out], ΔW = Dᵀ·Uᵀ. Shared by the build's merge and the load-time overlay.
+ */
+export function stackFactors(terms: readonly MergeTerm[], shape: readonly number[], layout: Exclude<TensorLayout, 'none'>): StackedFactors {
+  const outDim = terms[0].up.shape[0];
+  const total = shape.reduce((a, b) => a * b, 1);
+  const k = total / outDim;
+  const rank = terms.reduce((a, t) => a + t.down.shape[0], 0);
+  const u = new Float32Array(outDim * rank);
+  const d = new Float32Array(rank * k);
+  let r0 = 0;
+  for (const t of terms) {
+    const r = t.down.shape[0];
+    const f = t.scale * loraFactor(t.alpha, r);
+    for (let o = 0; o < outDim; o++) for (let j = 0; j < r; j++) u[o * rank + r0 + j] = f * t.up.data[o * r + j];
+    d.set(t.down.data, r0 * k);
+    r0 += r;
+  }
+  const io = layout === 'io';
+  return {
+    rows: io ? k : outDim,
+    cols: io ? outDim : k,
+    rank,
+    left: io ? transpose(d, rank, k) : u,
+    right: io ? transpose(u, outDim, rank) : d,
+  };
+}
+
 /**
  * Runs merges on an Engine, one session per (providers, dtype), made once and kept. A provider
  * that cannot create the merge session is passed over; with none, `merge` returns false and the
@@ -117,25 +159,7 @@ export class EngineMerger {
   async merge(src: Uint8Array, dst: Uint8Array, dtype: MergeDtype, shape: readonly number[], layout: Exclude<TensorLayout, 'none'>, terms: MergeTerm[], providers: Provider[]): Promise<boolean> {
     const got = await this.#session(dtype, providers);
     if (!got) return false;
-    const outDim = terms[0].up.shape[0];
-    const total = shape.reduce((a, b) => a * b, 1);
-    const k = total / outDim;
-    const rank = terms.reduce((a, t) => a + t.down.shape[0], 0);
-    const u = new Float32Array(outDim * rank);
-    const d = new Float32Array(rank * k);
-    let r0 = 0;
-    for (const t of terms) {
-      const r = t.down.shape[0];
-      const f = t.scale * loraFactor(t.alpha, r);
-      for (let o = 0; o < outDim; o++) for (let j = 0; j < r; j++) u[o * rank + r0 + j] = f * t.up.data[o * r + j];
-      d.set(t.down.data, r0 * k);
-      r0 += r;
-    }
-    const io = layout === 'io';
-    const rows = io ? k : outDim;
-    const cols = io ? outDim : k;
-    const left = io ? transpose(d, rank, k) : u;
-    const right = io ? transpose(u, outDim, rank) : d;
+    const { rows, cols, rank, left, right } = stackFactors(terms, shape, layout);
     const size = dtype === 'float32' ? 4 : 2;
     // Typed views need an aligned offset (tensors are 64-byte aligned in their shard, shards may not be).
     if (src.byteOffset % 4) src = src.slice();
