@@ -1,17 +1,9 @@
 import { Command, Option } from 'commander';
 import cliProgress from 'cli-progress';
-import { badInput } from '../../common/errors.ts';
 import { build, type BuildProgress, DEFAULT_SHARD_SIZE } from '../build/build.ts';
 import { parseLoraArg } from '../build/inputs.ts';
+import { byteCount } from '../cli-options.ts';
 
-function parseShardSize(text: string): number {
-  const m = /^(\d+)\s*(k|kib|m|mib|g|gib)?$/i.exec(text.trim());
-  if (!m) throw badInput(`--shard-size ${text}`, 'must be a byte count, optionally with KiB/MiB/GiB');
-  const unit = (m[2] ?? '').toLowerCase()[0];
-  const n = Number(m[1]) * (unit === 'k' ? 1024 : unit === 'm' ? 1024 ** 2 : unit === 'g' ? 1024 ** 3 : 1);
-  if (!Number.isSafeInteger(n) || n <= 0) throw badInput(`--shard-size ${text}`, 'must be a positive byte count');
-  return n;
-}
 
 /**
  * One bar per phase on stderr (weights, then store); nothing when stderr is not a terminal or
@@ -49,12 +41,12 @@ export function register(program: Command): void {
     .option('--lora <file|url[:scale]>', 'LoRA safetensors (PEFT: <stem>.adapter_config.json or adapter_config.json beside it), optional scale (default 1); repeatable', (v: string, acc: string[]) => [...acc, v], [] as string[])
     .requiredOption('--name <model>', 'model name')
     .requiredOption('--out <dir>', 'artifact directory (missing, empty or an artifact directory)')
-    .addOption(new Option('--shard-size <bytes>', 'largest weight shard (e.g. 64MiB)').default(String(DEFAULT_SHARD_SIZE)))
+    .addOption(new Option('--shard-size <bytes>', 'largest weight shard (e.g. 64MiB)').argParser(byteCount('--shard-size')).default(DEFAULT_SHARD_SIZE))
     .option('--strict', 'fail when any LoRA key matches no weight', false)
     .option('--json', 'print a JSON report instead of the fingerprint', false)
-    .action(async (opts: { base: string; lora: string[]; name: string; out: string; shardSize: string; strict: boolean; json: boolean }) => {
+    .action(async (opts: { base: string; lora: string[]; name: string; out: string; shardSize: number; strict: boolean; json: boolean }) => {
       const loras = opts.lora.map(parseLoraArg);
-      const shardSize = parseShardSize(opts.shardSize);
+      const shardSize = opts.shardSize;
       const bars = progressBars(!opts.json && !!process.stderr.isTTY);
       let report;
       try {

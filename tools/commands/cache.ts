@@ -1,15 +1,8 @@
 /** `fuseload cache ls | prune [--max-bytes N] | verify`: the disk store under PIPELINE_STORE. */
-import { type Command, InvalidArgumentError } from 'commander';
+import { type Command } from 'commander';
+import { byteCount } from '../cli-options.ts';
 import { badInput } from '../../common/errors.ts';
 import { defaultMaxBytes, defaultStoreRoot, DiskStore } from '../store/disk-store.ts';
-
-const bytesArg = (value: string) => {
-  const m = /^(\d+)\s*([KMGT]i?B?)?$/i.exec(value.trim());
-  if (!m) throw new InvalidArgumentError('--max-bytes must be a byte count, e.g. 1073741824 or 10GiB');
-  const unit = (m[2] ?? '').toUpperCase().replace(/I?B$/, '');
-  const scale = { '': 1, K: 2 ** 10, M: 2 ** 20, G: 2 ** 30, T: 2 ** 40 }[unit] ?? 1;
-  return Number(m[1]) * scale;
-};
 
 export function register(program: Command): void {
   const cache = program.command('cache').description(`inspect and maintain the disk store (PIPELINE_STORE, default ${'~/.cache/fuseload'})`);
@@ -35,7 +28,7 @@ export function register(program: Command): void {
   cache
     .command('prune')
     .description('evict least recently used blobs down to a byte budget')
-    .option('--max-bytes <n>', 'budget (default PIPELINE_STORE_MAX_BYTES)', bytesArg)
+    .option('--max-bytes <n>', 'budget (default PIPELINE_STORE_MAX_BYTES)', byteCount('--max-bytes', 0))
     .action(async (flags: { maxBytes?: number }) => {
       const max = flags.maxBytes ?? defaultMaxBytes();
       if (max === undefined) throw badInput('--max-bytes', 'give a budget (or set PIPELINE_STORE_MAX_BYTES)');

@@ -14,6 +14,7 @@ import { basename, dirname, join, resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { SingleBar } from 'cli-progress';
 import { type Command, InvalidArgumentError, Option } from 'commander';
+import { intIn } from '../cli-options.ts';
 import { toDigest } from '../../common/digest.ts';
 import { badInput } from '../../common/errors.ts';
 import { parsePeftConfig } from '../../common/lora/adapter.ts';
@@ -33,12 +34,6 @@ interface GenerateFlags {
   height: number;
   out: string;
 }
-
-const intIn = (name: string, min: number, max: number) => (value: string) => {
-  const n = Number(value);
-  if (!Number.isInteger(n) || n < min || n > max) throw new InvalidArgumentError(`${name} must be an integer in [${min}, ${max}]`);
-  return n;
-};
 
 /** `<url|path|sha256:hex>[:scale]`: the scale is a trailing `:<number>`, so URLs keep their colons. */
 export function parseLora(value: string, previous: LoraOverlay[] = []): LoraOverlay[] {

@@ -4,7 +4,8 @@
  * state `wrangler dev` serves.
  */
 import { SingleBar } from 'cli-progress';
-import { type Command, InvalidArgumentError } from 'commander';
+import { type Command } from 'commander';
+import { positiveInt } from '../cli-options.ts';
 import { toDigest } from '../../common/digest.ts';
 import { publishLocal } from '../local-r2/index.ts';
 import { publishToBucket } from '../publish/index.ts';
@@ -26,11 +27,6 @@ interface PublishFlags {
   attempts: number;
 }
 
-const positiveInt = (name: string) => (value: string) => {
-  const n = Number(value);
-  if (!Number.isInteger(n) || n < 1) throw new InvalidArgumentError(`${name} must be a positive integer`);
-  return n;
-};
 
 export function formatBytes(n: number): string {
   const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];

@@ -1,5 +1,6 @@
 /** `fuseload serve --origin <url> [--port 8080] [--host 127.0.0.1]`: the generation server. */
-import { type Command, InvalidArgumentError, Option } from 'commander';
+import { type Command, Option } from 'commander';
+import { intIn } from '../cli-options.ts';
 import type { Device } from '../../common/pipeline.ts';
 import { createNodeRuntime } from '../runtime/index.ts';
 import { installedProviders } from '../runtime/ort-engine.ts';
@@ -15,12 +16,6 @@ interface ServeFlags {
   queue: number;
   maxSide: number;
 }
-
-const intIn = (name: string, min: number, max: number) => (value: string) => {
-  const n = Number(value);
-  if (!Number.isInteger(n) || n < min || n > max) throw new InvalidArgumentError(`${name} must be an integer in [${min}, ${max}]`);
-  return n;
-};
 
 export function register(program: Command): void {
   program

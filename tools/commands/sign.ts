@@ -2,7 +2,8 @@
  * `fuseload sign <key> --ttl <seconds> [--origin <url>]`: a signed URL for a private
  * artifact, checked by the edge worker against the same SIGNING_SECRET.
  */
-import { type Command, InvalidArgumentError } from 'commander';
+import { type Command } from 'commander';
+import { positiveInt } from '../cli-options.ts';
 import { badInput } from '../../common/errors.ts';
 import { parseObjectKey } from '../../common/keys.ts';
 import { signUrl } from '../../common/signed-url.ts';
@@ -12,11 +13,7 @@ interface SignFlags {
   origin: string;
 }
 
-const ttlSeconds = (value: string): number => {
-  const n = Number(value);
-  if (!Number.isInteger(n) || n < 1) throw new InvalidArgumentError('--ttl must be a positive whole number of seconds');
-  return n;
-};
+const ttlSeconds = positiveInt('--ttl');
 
 /** Signs `key` (an object key, with or without a leading `/`) for `ttl` seconds from now. */
 export async function signKey(key: string, flags: SignFlags, secret: string | undefined): Promise<string> {
