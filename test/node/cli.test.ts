@@ -124,3 +124,35 @@ describe('fuseload serve (the CLI process)', () => {
     }
   });
 });
+
+describe('fuseload verify <url>', () => {
+  it('re-hashes a published artifact through its tag or its manifest URL, and names a blob that does not match', async () => {
+    const byTag = await fuseload(['verify', `${origin.url}/tags/tiny/latest.json`, '--json']);
+    expect(byTag.stderr).toBe('');
+    const expectedBlobs = new Set([artifact.manifest.graph.digest, ...artifact.manifest.shards.map((s) => s.digest)]);
+    const bytes = [...expectedBlobs].reduce((n, d) => n + artifact.blobs.get(d)!.byteLength, 0);
+    expect(JSON.parse(byTag.stdout)).toEqual({ manifests: 1, blobs: expectedBlobs.size, bytes });
+    const hex = artifact.fingerprint.slice('sha256:'.length);
+    expect((await fuseload(['verify', `${origin.url}/manifests/sha256/${hex}.json`])).stdout).toMatch(/^ok: 1 manifest\(s\)/);
+
+    // Serve a copy of the artifact with one shard's bytes changed.
+    const copy = join(work, 'tampered');
+    await writeTinyArtifact(copy, { name: 'tiny' });
+    const shard = artifact.manifest.shards[0].digest;
+    const bad = Buffer.from(artifact.blobs.get(shard)!);
+    bad[0] ^= 0xff;
+    await writeFile(join(copy, blobKey(shard)), bad);
+    const tampered = await startCountingOrigin(copy);
+    try {
+      const r = await fuseload(['verify', `${tampered.url}/tags/tiny/latest.json`]);
+      expect(r.code).toBe(1);
+      expect(r.stderr.trim().split('\n')).toHaveLength(1);
+      expect(r.stderr).toContain(`${blobKey(shard)}: hashes to sha256:`);
+    } finally {
+      await tampered.close();
+    }
+    const wrong = await fuseload(['verify', `${origin.url}/blobs/sha256/${hex}`]);
+    expect(wrong.code).toBe(1);
+    expect(wrong.stderr).toMatch(/want <origin>\/tags\/<model>\/<tag>\.json/);
+  });
+});

@@ -1,9 +1,11 @@
 import type { Command } from 'commander';
+import { createHash } from 'node:crypto';
 import { readdir, readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { type Digest, digestHex, isHex } from '../../common/digest.ts';
 import { FuseloadError } from '../../common/errors.ts';
-import { decodeManifest } from '../../common/manifest.ts';
+import { blobKey, manifestKey, parseObjectKey } from '../../common/keys.ts';
+import { decodeManifest, parseTag } from '../../common/manifest.ts';
 import { sha256File } from '../store/disk-store.ts';
 
 export interface VerifyResult {
@@ -45,14 +47,59 @@ export async function verifyDir(dir: string): Promise<VerifyResult> {
   return { manifests: names.length, blobs: checked.size, bytes };
 }
 
+/**
+ * Verifies a published artifact over HTTP, as a reader sees it: `<origin>/tags/<model>/<tag>.json`
+ * or `<origin>/manifests/sha256/<hex>.json`. Every blob is streamed and hashed, never stored.
+ */
+export async function verifyUrl(url: string): Promise<VerifyResult> {
+  const u = new URL(url);
+  const shown = `${u.origin}${u.pathname}`; // no query: a signed URL's signature stays out of messages
+  const m = /^(.*?)\/((?:tags|manifests)\/.+)$/.exec(u.pathname);
+  const key = m ? parseObjectKey(m[2]) : null;
+  if (!m || !key || key.kind === 'blob') throw new FuseloadError('bad-input', `${shown}: want <origin>/tags/<model>/<tag>.json or <origin>/manifests/sha256/<hex>.json`);
+  const origin = `${u.origin}${m[1]}`;
+  const get = async (path: string): Promise<Response> => {
+    let res: Response;
+    try {
+      res = await fetch(`${origin}/${path}${u.search}`);
+    } catch (e) {
+      throw new FuseloadError('network', `${origin}/${path}: ${((e as Error).cause as { code?: string } | undefined)?.code ?? 'fetch failed'}`);
+    }
+    if (!res.ok || !res.body) throw new FuseloadError(res.status === 404 ? 'not-found' : 'network', `${origin}/${path}: HTTP ${res.status}`);
+    return res;
+  };
+  const fingerprint = key.kind === 'tag' ? parseTag(new Uint8Array(await (await get(m[2])).arrayBuffer()), m[2]).manifest : key.digest;
+  const mKey = manifestKey(fingerprint);
+  const manifest = await decodeManifest(new Uint8Array(await (await get(mKey)).arrayBuffer()), `${origin}/${mKey}`, fingerprint);
+  const blobs: { digest: Digest; size?: number }[] = [manifest.graph, ...manifest.shards, ...manifest.loras.map((l) => ({ digest: l.digest }))];
+  const checked = new Set<string>();
+  let bytes = 0;
+  for (const blob of blobs) {
+    if (checked.has(blob.digest)) continue;
+    const bKey = blobKey(blob.digest);
+    const hash = createHash('sha256');
+    let size = 0;
+    for await (const chunk of (await get(bKey)).body as unknown as AsyncIterable<Uint8Array>) {
+      hash.update(chunk);
+      size += chunk.byteLength;
+    }
+    if (blob.size !== undefined && size !== blob.size) throw new FuseloadError('digest-mismatch', `${origin}/${bKey}: ${size} bytes, the manifest says ${blob.size}`);
+    const actual = `sha256:${hash.digest('hex')}`;
+    if (actual !== blob.digest) throw new FuseloadError('digest-mismatch', `${origin}/${bKey}: hashes to ${actual}`);
+    checked.add(blob.digest);
+    bytes += size;
+  }
+  return { manifests: 1, blobs: checked.size, bytes };
+}
+
 export function register(program: Command): void {
   program
     .command('verify')
-    .description('re-hash every manifest and blob of an artifact directory')
-    .argument('<dir>', 'artifact directory')
+    .description('re-hash every manifest and blob of an artifact directory, or of a published artifact by URL')
+    .argument('<dir|url>', 'artifact directory, or <origin>/tags/<model>/<tag>.json, or <origin>/manifests/sha256/<hex>.json')
     .option('--json', 'print JSON', false)
-    .action(async (dir: string, opts: { json: boolean }) => {
-      const r = await verifyDir(dir);
+    .action(async (target: string, opts: { json: boolean }) => {
+      const r = /^https?:\/\//i.test(target) ? await verifyUrl(target) : await verifyDir(target);
       process.stdout.write(opts.json ? `${JSON.stringify(r)}\n` : `ok: ${r.manifests} manifest(s), ${r.blobs} blob(s), ${r.bytes} bytes verified\n`);
     });
 }
