@@ -36,6 +36,8 @@ export interface OriginOptions {
   headers?: Record<string, string>;
   /** Host to bind (default 127.0.0.1); `url` always says `localhost`, a secure context for browsers. */
   host?: string;
+  /** Holds each `/blobs/` response back this long, so concurrent loaders overlap. */
+  delayMs?: number;
 }
 
 export interface Origin {
@@ -114,6 +116,7 @@ export async function startOrigin(options: OriginOptions): Promise<Origin> {
     const file = resolveFile(record.path.endsWith('/') ? `${record.path}index.html` : record.path);
     const info = file ? await stat(file).catch(() => null) : null;
     if (!file || !info?.isFile()) return end(res, record, 404);
+    if (options.delayMs && record.path.startsWith('/blobs/')) await new Promise((r) => setTimeout(r, options.delayMs));
 
     const size = info.size;
     const etag = await etagFor(file, size, info.mtimeMs);
