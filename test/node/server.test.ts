@@ -148,3 +148,41 @@ describe('fuseload serve: the generation queue', () => {
     }
   });
 });
+
+describe('fuseload serve holds a bounded number of pipelines', () => {
+  it('keeps the `maxPipelines` most recently used and disposes the rest, so their sessions are released', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'fuseload-serve-lru-'));
+    const models = ['m1', 'm2', 'm3'];
+    for (const [i, name] of models.entries()) await writeTinyArtifact(dir, { name, seed: i + 1 });
+    const lruOrigin = await startCountingOrigin(dir);
+    const rt = createNodeRuntime({ storeRoot: join(dir, 'store') });
+    const disposed: string[] = [];
+    const loadPipeline = async (o: LoadPipelineOptions) => {
+      const p = await rt.loadPipeline(o);
+      return { ...p, info: p.info, dispose: async () => { disposed.push(o.model); await p.dispose(); } };
+    };
+    const lru = await listen({ origin: lruOrigin.url, loadPipeline, providers: ['cpu'], port: 0, limits: { maxPipelines: 2 } });
+    try {
+      const generate = async (model: string) => {
+        const res = await post({ model, tag: 'latest', width: 8, height: 8 }, lru.url);
+        expect(res.status).toBe(200);
+        return res.headers.get('x-fuseload-pipeline-cache');
+      };
+      expect(await generate('m1')).toBe('miss');
+      expect(await generate('m1')).toBe('hit');
+      expect(disposed).toEqual(['m1']); // the second request's extra handle, not the held one
+      expect(await generate('m2')).toBe('miss');
+      expect(await generate('m3')).toBe('miss');
+      expect(disposed).toEqual(['m1', 'm1']); // m1 was least recently used: its held handle went
+      const health = (await (await fetch(`${lru.url}/healthz`)).json()) as { pipelines: { model: string }[] };
+      expect(health.pipelines.map((p) => p.model)).toEqual(['m2', 'm3']);
+      // Its session was released with its last handle: m1 is built again.
+      expect(await generate('m1')).toBe('miss');
+    } finally {
+      await lru.close();
+      await rt.flush();
+      await lruOrigin.close();
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+});

@@ -18,8 +18,11 @@ const sessions = new Map<string, Promise<Ort.InferenceSession>>();
 let runtime: Promise<typeof Ort> | undefined;
 const loadOrt = () => (runtime ??= import('onnxruntime-node'));
 
-/** Elements per run: small enough that onnxruntime's fp32 temporaries stay a few MiB. */
-const CHUNK = 1 << 20;
+/**
+ * Elements per run: onnxruntime's fp32 temporaries (two of CHUNK × 4 bytes) stay about 1 MiB,
+ * in cache, and the arena that recycles them never grows past a few blocks.
+ */
+const CHUNK = 1 << 18;
 
 /** y = cast(cast(w, fp32) + l·r, dtype) for one block of rows: w [rows, cols], l [rows, rank], r [rank, cols]. */
 async function mergeSession(dtype: OrtMergeDtype): Promise<Ort.InferenceSession> {
@@ -29,8 +32,14 @@ async function mergeSession(dtype: OrtMergeDtype): Promise<Ort.InferenceSession>
     s = ort.InferenceSession.create(mergeGraph(dtype), {
       graphOptimizationLevel: 'disabled',
       executionMode: 'sequential',
-      // No arena: it would keep the high-water mark of every merge for the whole build.
-      enableCpuMemArena: false,
+      // One thread: run() blocks the main thread anyway, and the second core is busier hashing
+      // (base digest, shard digests) than a second GEMM thread would be useful; a second
+      // thread also spins against those. The bytes do not depend on this (no split over rank).
+      intraOpNumThreads: 1,
+      interOpNumThreads: 1,
+      // The arena recycles the per-block temporaries (fixed size: CHUNK elements, or one row)
+      // instead of a malloc + page faults per run.
+      enableCpuMemArena: true,
       enableMemPattern: false,
     });
     sessions.set(dtype, s);
@@ -39,11 +48,12 @@ async function mergeSession(dtype: OrtMergeDtype): Promise<Ort.InferenceSession>
 }
 
 /**
- * Merges `terms` into the weight bytes; returns new bytes of the same dtype and length.
+ * Merges `terms` into the weight bytes; returns new bytes of the same dtype and length, in
+ * `into` when given (at least as long as `bytes`; the caller reuses it across tensors).
  * W as stored is [rows, cols]: oi/oihw: [out, k], ΔW = U·D; io: [k, out], ΔW = Dᵀ·Uᵀ.
  * Worked in blocks of rows, so memory stays at the tensor plus a few MiB.
  */
-export async function mergeWithOrt(bytes: Uint8Array, dtype: OrtMergeDtype, shape: readonly number[], layout: Exclude<TensorLayout, 'none'>, terms: MergeTerm[]): Promise<Uint8Array> {
+export async function mergeWithOrt(bytes: Uint8Array, dtype: OrtMergeDtype, shape: readonly number[], layout: Exclude<TensorLayout, 'none'>, terms: MergeTerm[], into?: Uint8Array): Promise<Uint8Array> {
   const { rows, cols, rank, left, right } = stackFactors(terms, shape, layout);
   const size = dtype === 'float32' ? 4 : 2;
   let src = bytes;
@@ -51,7 +61,7 @@ export async function mergeWithOrt(bytes: Uint8Array, dtype: OrtMergeDtype, shap
     src = new Uint8Array(bytes.length);
     src.set(bytes);
   }
-  const result = new Uint8Array(bytes.length);
+  const result = into && into.length >= bytes.length && into.byteOffset % 4 === 0 ? into.subarray(0, bytes.length) : new Uint8Array(bytes.length);
   const ort = await loadOrt();
   const session = await mergeSession(dtype);
   const rightTensor = new ort.Tensor('float32', right, [rank, cols]);
@@ -61,7 +71,7 @@ export async function mergeWithOrt(bytes: Uint8Array, dtype: OrtMergeDtype, shap
     const offset = src.byteOffset + row * cols * size;
     const w = dtype === 'float32' ? new Float32Array(src.buffer, offset, n * cols) : new Uint16Array(src.buffer, offset, n * cols);
     // onnxruntime writes the block straight into `result`: no per-block copy or garbage.
-    const yOffset = row * cols * size;
+    const yOffset = result.byteOffset + row * cols * size;
     const y = dtype === 'float32' ? new Float32Array(result.buffer, yOffset, n * cols) : new Uint16Array(result.buffer, yOffset, n * cols);
     await session.run(
       {

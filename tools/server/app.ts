@@ -34,6 +34,11 @@ export interface ServerLimits {
   queue: number;
   /** LoRAs per request. Default 8. */
   maxLoras: number;
+  /**
+   * Pipelines (model × LoRA set × scales) kept warm; the least recently used one past this is
+   * disposed, so a client cycling through LoRA scales cannot pile up sessions. Default 4.
+   */
+  maxPipelines: number;
 }
 
 export const DEFAULT_LIMITS: ServerLimits = {
@@ -43,6 +48,7 @@ export const DEFAULT_LIMITS: ServerLimits = {
   concurrency: 1,
   queue: 8,
   maxLoras: 8,
+  maxPipelines: 4,
 };
 
 export interface ServerOptions {
@@ -121,14 +127,35 @@ export function createServerApp(options: ServerOptions) {
   const queue = pLimit(limits.concurrency);
   const device = options.device ?? 'auto';
   const log = options.log ?? (() => {});
-  const pipelines = new Map<string, CachedPipeline>();
+  /** Held pipelines, least recently used first (Map keeps insertion order), with their stats. */
+  const pipelines = new Map<string, { pipeline: Pipeline; stats: CachedPipeline }>();
+
+  /** Keeps one handle per key; extra handles and the least recently used past the limit are disposed. */
+  function hold(key: string, pipeline: Pipeline): CachedPipeline {
+    const held = pipelines.get(key);
+    if (held) {
+      pipelines.delete(key);
+      pipelines.set(key, held);
+      if (held.pipeline !== pipeline) void pipeline.dispose();
+      return held.stats;
+    }
+    const { info } = pipeline;
+    const stats: CachedPipeline = { model: info.manifest.name, fingerprint: info.fingerprint, provider: info.provider, generations: 0 };
+    pipelines.set(key, { pipeline, stats });
+    for (const [oldest, entry] of pipelines) {
+      if (pipelines.size <= limits.maxPipelines) break;
+      pipelines.delete(oldest);
+      void entry.pipeline.dispose();
+    }
+    return stats;
+  }
   const app = new Hono();
 
   const fail = (code: FuseloadErrorCode | 'busy' | 'too-large' | 'not-found', message: string, status: ContentfulStatusCode) =>
     new Response(JSON.stringify({ error: code, message }), { status, headers: { 'Content-Type': 'application/json' } });
 
   app.get('/healthz', (c) =>
-    c.json({ ok: true, device, providers: options.providers, queue: { running: queue.activeCount, waiting: queue.pendingCount }, pipelines: [...pipelines.values()] }),
+    c.json({ ok: true, device, providers: options.providers, queue: { running: queue.activeCount, waiting: queue.pendingCount }, pipelines: [...pipelines.values()].map((p) => p.stats) }),
   );
 
   app.post(
@@ -171,13 +198,16 @@ export function createServerApp(options: ServerOptions) {
             loras: request.loras,
             device,
           });
-          return { png: await renderPng(pipeline, request), pipeline };
+          try {
+            return { png: await renderPng(pipeline, request), pipeline };
+          } catch (e) {
+            await pipeline.dispose();
+            throw e;
+          }
         });
         const info = pipeline.info;
-        const key = `${info.fingerprint}|${info.provider}|${request.loras.map((l) => `${l.digest ?? l.url}*${l.scale}`).join('+')}`;
-        const entry = pipelines.get(key) ?? { model: request.model, fingerprint: info.fingerprint, provider: info.provider, generations: 0 };
-        entry.generations++;
-        pipelines.set(key, entry);
+        const key = `${info.fingerprint}|${info.provider}|${info.overlays.map((o) => `${o.digest}*${o.scale}`).join('+')}|${request.loras.map((l) => l.alpha ?? '').join('+')}`;
+        hold(key, pipeline).generations++;
         log(`generate model=${request.model} ${request.width}x${request.height} seed=${request.seed} provider=${info.provider} pipelineCache=${info.fromPipelineCache} ${Math.round(performance.now() - started)}ms`);
         return new Response(png as Uint8Array<ArrayBuffer>, {
           headers: {
