@@ -272,6 +272,8 @@ async function writeArtifact(w: WriteInput): Promise<{ manifest: Manifest; bytes
   const graph = base.model.graph!;
   const files = new Map<string, FileHandle>();
   const scratch = [Buffer.allocUnsafeSlow(0), Buffer.allocUnsafeSlow(0)];
+  // Merge outputs alternate the same way: no fresh (zeroed, page-faulted, collected) buffer per tensor.
+  const merged = [Buffer.allocUnsafeSlow(0), Buffer.allocUnsafeSlow(0)];
   try {
     for (const [location, file] of base.external) files.set(location, await open(file.path, 'r'));
     const readTensor = async (t: TensorProto, slot = 0): Promise<Uint8Array> => {
@@ -328,7 +330,8 @@ async function writeArtifact(w: WriteInput): Promise<{ manifest: Manifest; bytes
       const apps = w.applications.get(p.proto.name!);
       if (!apps) return bytes;
       mergedTensors++;
-      return merge(bytes, p.proto, targets.get(p.proto.name!)!, apps, w.ortMergeMinElements);
+      if (merged[k % 2].length < bytes.length) merged[k % 2] = Buffer.allocUnsafeSlow(bytes.length);
+      return merge(bytes, p.proto, targets.get(p.proto.name!)!, apps, w.ortMergeMinElements, merged[k % 2]);
     };
     let ahead: Promise<Uint8Array> | undefined;
     let i = 0;
@@ -417,12 +420,12 @@ async function writeAll(fh: FileHandle, bytes: Uint8Array): Promise<void> {
  * Large fp32/fp16 tensors go through onnxruntime (merge-ort.ts); the rest, and bf16, through
  * the shared JavaScript math. The choice depends only on the tensor, so builds stay reproducible.
  */
-async function merge(bytes: Uint8Array, t: TensorProto, target: WeightTarget, apps: Application[], ortMin: number): Promise<Uint8Array> {
+async function merge(bytes: Uint8Array, t: TensorProto, target: WeightTarget, apps: Application[], ortMin: number, into?: Uint8Array): Promise<Uint8Array> {
   const dtype = ONNX_DTYPES[t.dataType!].dtype as FloatDtype;
   const count = (t.dims ?? []).reduce((a, b) => a * b, 1);
   if (dtype !== 'bfloat16' && count >= ortMin) {
     const terms = apps.map(({ lora, module }) => ({ up: module.up!, down: module.down!, alpha: module.alpha, scale: lora.scale }));
-    return mergeWithOrt(bytes, dtype, t.dims ?? [], target.layout, terms);
+    return mergeWithOrt(bytes, dtype, t.dims ?? [], target.layout, terms, into);
   }
   const weight = bytesToF32(bytes, dtype);
   for (const { lora, module } of apps) {

@@ -15,6 +15,7 @@ interface ServeFlags {
   concurrency: number;
   queue: number;
   maxSide: number;
+  maxPipelines: number;
 }
 
 export function register(program: Command): void {
@@ -28,6 +29,7 @@ export function register(program: Command): void {
     .option('--concurrency <n>', 'generations at once', intIn('--concurrency', 1, 64), DEFAULT_LIMITS.concurrency)
     .option('--queue <n>', 'generations allowed to wait', intIn('--queue', 0, 1024), DEFAULT_LIMITS.queue)
     .option('--max-side <px>', 'largest width/height', intIn('--max-side', 8, 4096), DEFAULT_LIMITS.maxSide)
+    .option('--max-pipelines <n>', 'pipelines (model × LoRAs × scales) kept warm, least recently used dropped', intIn('--max-pipelines', 1, 256), DEFAULT_LIMITS.maxPipelines)
     .action(async (flags: ServeFlags) => {
       const log = (line: string) => process.stderr.write(`${new Date().toISOString()} ${line}\n`);
       const runtime = createNodeRuntime({ warn: (m) => log(`warning: ${m}`) });
@@ -36,7 +38,7 @@ export function register(program: Command): void {
         loadPipeline: runtime.loadPipeline,
         device: flags.device,
         providers: installedProviders(),
-        limits: { concurrency: flags.concurrency, queue: flags.queue, maxSide: flags.maxSide },
+        limits: { concurrency: flags.concurrency, queue: flags.queue, maxSide: flags.maxSide, maxPipelines: flags.maxPipelines },
         log,
         port: flags.port,
         host: flags.host,
