@@ -353,8 +353,12 @@ async function writeArtifact(w: WriteInput): Promise<{ manifest: Manifest; bytes
           const bytes = await (ahead ?? produce(i));
           ahead = i + 1 < plan.length ? produce(i + 1) : undefined;
           ahead?.catch(() => {}); // awaited on the next turn
+          // The write copies from `bytes` on libuv's pool while this thread hashes the same
+          // (unchanging) bytes; neither touches the buffer until both are done.
+          const written = writeAll(fh, bytes);
+          written.catch(() => {}); // awaited just below
           hash.update(bytes);
-          await writeAll(fh, bytes);
+          await written;
           size += bytes.length;
           loaded += bytes.length;
           w.progress({ phase: 'weights', loaded, total });
