@@ -29,22 +29,45 @@ export interface BlobStore {
   locate?(digest: Digest, size: number): Promise<string | null>;
 }
 
-/** The memory tier: a plain Map, shared by every artifact that names a blob. */
+/**
+ * The memory tier: a Map in least-recently-used order, shared by every artifact that names a
+ * blob. With a byte budget, the least recently used blobs go first; a blob larger than the
+ * whole budget is not kept. Sessions hold their own copies of weights, so dropping a blob here
+ * only means the next load that needs it reads it from the store again.
+ */
 export class MemoryStore implements BlobStore {
   readonly kind = 'memory';
   readonly #blobs = new Map<Digest, Uint8Array>();
+  #bytes = 0;
+
+  constructor(readonly budgetBytes: number = Number.POSITIVE_INFINITY) {}
 
   async has(digest: Digest) {
     return this.#blobs.has(digest);
   }
   async get(digest: Digest) {
-    return this.#blobs.get(digest) ?? null;
+    const bytes = this.#blobs.get(digest);
+    if (!bytes) return null;
+    this.#blobs.delete(digest); // re-insert: most recently used last
+    this.#blobs.set(digest, bytes);
+    return bytes;
   }
   async put(digest: Digest, bytes: Uint8Array) {
+    await this.delete(digest);
+    if (bytes.byteLength > this.budgetBytes) return;
+    for (const [oldest, old] of this.#blobs) {
+      if (this.#bytes + bytes.byteLength <= this.budgetBytes) break;
+      this.#blobs.delete(oldest);
+      this.#bytes -= old.byteLength;
+    }
     this.#blobs.set(digest, bytes);
+    this.#bytes += bytes.byteLength;
   }
   async delete(digest: Digest) {
+    const old = this.#blobs.get(digest);
+    if (!old) return;
     this.#blobs.delete(digest);
+    this.#bytes -= old.byteLength;
   }
   async *entries() {
     for (const [digest, bytes] of this.#blobs) yield { digest, size: bytes.byteLength };
@@ -52,7 +75,12 @@ export class MemoryStore implements BlobStore {
   get size(): number {
     return this.#blobs.size;
   }
+  /** Bytes held. */
+  get bytes(): number {
+    return this.#bytes;
+  }
   clear(): void {
     this.#blobs.clear();
+    this.#bytes = 0;
   }
 }

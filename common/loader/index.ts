@@ -56,6 +56,11 @@ export interface LoaderRuntime {
   deferStoreWrites?: boolean;
   /** Parallel blob downloads, default 4. */
   concurrency?: number;
+  /**
+   * Bytes of blobs the memory tier keeps (LRU; default unlimited). A long-lived server should
+   * set one: sessions hold their own weights, and what is dropped is read from the store again.
+   */
+  memoryBudgetBytes?: number;
   /** Default console.warn. */
   warn?: (message: string) => void;
   /** Load-time LoRA overlays: weights with at least this many elements merge on onnxruntime, smaller ones in JS (default 2^20). */
@@ -84,7 +89,7 @@ interface CachedSession {
 }
 
 export function createLoader(runtime: LoaderRuntime): Loader {
-  const memory = new MemoryStore();
+  const memory = new MemoryStore(runtime.memoryBudgetBytes);
   const { engine, store } = runtime;
   const fetchFn = runtime.fetch ?? ((input, init) => globalThis.fetch(input, init));
   const withLock = runtime.withLock ?? (<T>(_name: string, fn: () => Promise<T>) => fn());

@@ -310,3 +310,39 @@ describe('createLoader', () => {
     );
   });
 });
+
+describe('the memory tier', () => {
+  const d = (n: number) => `sha256:${n.toString(16).padStart(64, '0')}` as Digest;
+  test('keeps at most its byte budget, dropping the least recently used; a blob over the budget is not kept', async () => {
+    const m = new MemoryStore(100);
+    await m.put(d(1), new Uint8Array(40));
+    await m.put(d(2), new Uint8Array(40));
+    await m.get(d(1)); // 1 is now the most recently used
+    await m.put(d(3), new Uint8Array(40));
+    expect([await m.has(d(1)), await m.has(d(2)), await m.has(d(3))]).toEqual([true, false, true]);
+    expect(m.bytes).toBe(80);
+    await m.put(d(4), new Uint8Array(101));
+    expect(await m.has(d(4))).toBe(false);
+    await m.put(d(1), new Uint8Array(10)); // replacing a blob counts its new size only
+    expect(m.bytes).toBe(50);
+  });
+
+  test('a loader with a memory budget holds no more than it, and a later load reads what was dropped from the store', async () => {
+    const budget = Math.max(...artifact.blobs.map((b) => b.size)) + 1024;
+    const { loader: l, store } = loader({ memoryBudgetBytes: budget });
+    const first = await l.loadPipeline(opts());
+    await l.flush();
+    expect(l.memory.bytes).toBeLessThanOrEqual(budget);
+    expect(l.memory.size).toBeLessThan(artifact.blobs.length + 1);
+    await first.dispose(); // the session goes with its last handle: the next load builds again
+    origin.reset();
+    const again = await l.loadPipeline(opts());
+    const sources = Object.values(again.info.sources);
+    expect(sources).toContain('store');
+    expect(sources).not.toContain('network');
+    expect(blobGets().every((n) => n === 0)).toBe(true);
+    expect((await again.run(feeds)).image.dims).toEqual([1, 3, 16, 16]);
+    await again.dispose();
+    expect(await store.has(artifact.manifest.graph.digest)).toBe(true);
+  });
+});

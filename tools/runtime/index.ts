@@ -11,7 +11,7 @@ import { readdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { createLoader, type Loader } from '../../common/loader/index.ts';
 import type { LoadPipelineOptions, Pipeline } from '../../common/pipeline.ts';
-import { defaultMaxBytes, defaultStoreRoot, DiskStore } from '../store/disk-store.ts';
+import { defaultMaxBytes, defaultStoreRoot, DiskStore, envBytes } from '../store/disk-store.ts';
 import { fetchWithFiles } from './file-fetch.ts';
 import { createFileLocks } from './locks.ts';
 import { OrtNodeEngine, type OrtNodeEngineOptions } from './ort-engine.ts';
@@ -28,6 +28,8 @@ export interface NodeRuntimeOptions {
   fetch?: typeof fetch;
   /** Parallel blob downloads (the loader's default when absent). */
   concurrency?: number;
+  /** Bytes the memory tier keeps (LRU); default PIPELINE_MEMORY_MAX_BYTES or unlimited. */
+  memoryBytes?: number;
   engine?: OrtNodeEngineOptions;
   warn?: (message: string) => void;
 }
@@ -55,6 +57,7 @@ export function createNodeRuntime(options: NodeRuntimeOptions = {}): NodeRuntime
     fetch: fetchWithFiles(options.fetch),
     withLock: createFileLocks(root, { warn }),
     concurrency: options.concurrency,
+    memoryBudgetBytes: options.memoryBytes ?? envBytes('PIPELINE_MEMORY_MAX_BYTES'),
     warn,
   });
   return { loader, store, engine, loadPipeline: (o) => loader.loadPipeline(o), flush: () => loader.flush() };

@@ -27,12 +27,17 @@ export function defaultStoreRoot(env: NodeJS.ProcessEnv = process.env): string {
   return env.PIPELINE_STORE || join(homedir(), '.cache', 'fuseload');
 }
 
-/** `PIPELINE_STORE_MAX_BYTES` (a byte budget for blobs), or unlimited. */
-export function defaultMaxBytes(env: NodeJS.ProcessEnv = process.env): number | undefined {
-  const raw = env.PIPELINE_STORE_MAX_BYTES;
+/** A byte budget from the environment (a whole number of bytes), or undefined: unset or not a count. */
+export function envBytes(name: string, env: NodeJS.ProcessEnv = process.env): number | undefined {
+  const raw = env[name];
   if (!raw) return undefined;
   const n = Number(raw);
   return Number.isSafeInteger(n) && n >= 0 ? n : undefined;
+}
+
+/** `PIPELINE_STORE_MAX_BYTES` (a byte budget for blobs), or unlimited. */
+export function defaultMaxBytes(env: NodeJS.ProcessEnv = process.env): number | undefined {
+  return envBytes('PIPELINE_STORE_MAX_BYTES', env);
 }
 
 /** 2001-09-09T01:46:40Z: the mtime of a blob as we wrote it. Anything else means it was touched. */
