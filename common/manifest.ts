@@ -140,6 +140,17 @@ export function manifestBlobs(m: Manifest): BlobRef[] {
   return out;
 }
 
+/**
+ * Every blob an artifact directory (or bucket) holds for a manifest: what the runtime needs
+ * (`manifestBlobs`) plus the LoRA files it was built with, which load-time overlays fetch.
+ * LoRA sizes are not in the manifest.
+ */
+export function artifactBlobs(m: Manifest): { digest: Digest; size?: number }[] {
+  const seen = new Set(manifestBlobs(m).map((b) => b.digest));
+  const loras = m.loras.filter((l) => !seen.has(l.digest) && seen.add(l.digest)).map((l) => ({ digest: l.digest }));
+  return [...manifestBlobs(m), ...loras];
+}
+
 /** A tag: the only mutable object, a pointer to a manifest. */
 export const TagSchema = z.strictObject({ manifest: digest });
 export type Tag = z.infer<typeof TagSchema>;

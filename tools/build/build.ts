@@ -18,7 +18,7 @@ import { matchLora } from '../../common/lora/match.ts';
 import { bytesToF32, f32ToBytes, type FloatDtype } from '../../common/lora/dtype.ts';
 import type { LoraModule } from '../../common/lora/adapter.ts';
 import { isName } from '../../common/keys.ts';
-import { decodeManifest, encodeManifest, type Manifest, MANIFEST_SCHEMA, type TensorEntry } from '../../common/manifest.ts';
+import { artifactBlobs, decodeManifest, encodeManifest, type Manifest, MANIFEST_SCHEMA, type TensorEntry } from '../../common/manifest.ts';
 import { DiskStore } from '../store/disk-store.ts';
 import { TOOL_VERSION } from '../version.ts';
 import { encodeModel, externalRef, inlineBytes, isExternal, ONNX_DTYPES, setExternal, type TensorProto } from '../onnx/model.ts';
@@ -486,7 +486,7 @@ async function fromCache(store: DiskStore, key: Digest, out: string): Promise<Om
   } catch {
     return null;
   }
-  const blobs = [manifest.graph, ...manifest.shards, ...manifest.loras.map((l) => ({ digest: l.digest }))];
+  const blobs = artifactBlobs(manifest);
   for (const b of blobs) if (!(await store.verify(b.digest))) return null;
   const temp = join(dirname(out), `.${basename(out)}.fuseload-${randomBytes(6).toString('hex')}`);
   try {
@@ -511,7 +511,7 @@ async function fromCache(store: DiskStore, key: Digest, out: string): Promise<Om
 }
 
 async function toCache(store: DiskStore, key: Digest, out: string, manifest: Manifest, fingerprint: Digest, manifestBytes: Uint8Array, progress: (p: BuildProgress) => void): Promise<void> {
-  const blobs = [manifest.graph.digest, ...manifest.shards.map((s) => s.digest), ...manifest.loras.map((l) => l.digest)];
+  const blobs = artifactBlobs(manifest).map((b) => b.digest);
   let done = 0;
   for (const digest of blobs) {
     if (!(await store.has(digest))) {

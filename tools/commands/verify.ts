@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { type Digest, digestHex, isHex } from '../../common/digest.ts';
 import { FuseloadError } from '../../common/errors.ts';
 import { blobKey, manifestKey, parseObjectKey } from '../../common/keys.ts';
-import { decodeManifest, parseTag } from '../../common/manifest.ts';
+import { artifactBlobs, decodeManifest, parseTag } from '../../common/manifest.ts';
 import { sha256File } from '../store/disk-store.ts';
 
 export interface VerifyResult {
@@ -30,8 +30,7 @@ export async function verifyDir(dir: string): Promise<VerifyResult> {
     if (!isHex(hex)) throw new FuseloadError('bad-input', `${dir}: manifests/sha256/${name} is not named by a digest`);
     const rel = `manifests/sha256/${name}`;
     const manifest = await decodeManifest(new Uint8Array(await readFile(join(dir, rel))), rel, `sha256:${hex}`);
-    const blobs: { digest: Digest; size?: number }[] = [manifest.graph, ...manifest.shards, ...manifest.loras.map((l) => ({ digest: l.digest }))];
-    for (const blob of blobs) {
+    for (const blob of artifactBlobs(manifest)) {
       if (checked.has(blob.digest)) continue;
       const blobRel = `blobs/sha256/${digestHex(blob.digest)}`;
       const path = join(dir, blobRel);
@@ -71,7 +70,7 @@ export async function verifyUrl(url: string): Promise<VerifyResult> {
   const fingerprint = key.kind === 'tag' ? parseTag(new Uint8Array(await (await get(m[2])).arrayBuffer()), m[2]).manifest : key.digest;
   const mKey = manifestKey(fingerprint);
   const manifest = await decodeManifest(new Uint8Array(await (await get(mKey)).arrayBuffer()), `${origin}/${mKey}`, fingerprint);
-  const blobs: { digest: Digest; size?: number }[] = [manifest.graph, ...manifest.shards, ...manifest.loras.map((l) => ({ digest: l.digest }))];
+  const blobs = artifactBlobs(manifest);
   const checked = new Set<string>();
   let bytes = 0;
   for (const blob of blobs) {
