@@ -2,7 +2,7 @@ import type { Command } from 'commander';
 import { createHash } from 'node:crypto';
 import { readdir, readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
-import { type Digest, digestHex, isHex } from '../../common/digest.ts';
+import { digestHex, isHex } from '../../common/digest.ts';
 import { FuseloadError } from '../../common/errors.ts';
 import { blobKey, manifestKey, parseObjectKey } from '../../common/keys.ts';
 import { artifactBlobs, decodeManifest, parseTag } from '../../common/manifest.ts';
