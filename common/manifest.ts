@@ -9,6 +9,14 @@ import { FuseloadError } from './errors.ts';
 import { isName } from './keys.ts';
 
 export const MANIFEST_SCHEMA = 'fuseload.artifact/1';
+/** A whole pipeline, by component (docs/artifact.md, "Schema 2"). */
+export const PIPELINE_SCHEMA = 'fuseload.pipeline/2';
+
+/** Component roles, diffusers' folder names; `model` is the one graph of a `graph` pipeline. */
+export const ROLES = ['text_encoder', 'text_encoder_2', 'unet', 'transformer', 'vae_decoder', 'vae_encoder', 'model'] as const;
+export type Role = (typeof ROLES)[number];
+export const KINDS = ['text-to-image', 'graph'] as const;
+export type PipelineKind = (typeof KINDS)[number];
 
 const digest = z.string().refine(isDigest, 'must be sha256:<64 lowercase hex>') as unknown as z.ZodType<Digest>;
 const size = z.number().int().nonnegative();
@@ -73,10 +81,61 @@ export const ManifestSchema = z.strictObject({
   }),
 });
 
+/** One graph of a pipeline: exactly what schema 1 has for its one graph. */
+export const ComponentSchema = z.strictObject({
+  graph: BlobRefSchema,
+  shards: z.array(BlobRefSchema),
+  tensors: z.array(TensorEntrySchema),
+  base: z.strictObject({ digest, source: z.string() }),
+});
+
+const counts = z.strictObject({ matched: z.number().int().nonnegative(), unmatched: z.number().int().nonnegative() });
+
+export const PipelineLoraRecordSchema = z.strictObject({
+  digest,
+  /** The LoRA file's size, so runtimes fetch it like any other blob. */
+  size,
+  scale: z.number().finite(),
+  /** Totals over the pipeline; `components` says where each matched key landed. */
+  matched: z.number().int().nonnegative(),
+  unmatched: z.number().int().nonnegative(),
+  components: z.partialRecord(z.enum(ROLES), counts),
+  format: z.enum(['kohya', 'peft', 'diffusers']),
+  source: z.string(),
+});
+
+/** A relative path in the diffusers layout (`tokenizer/vocab.json`): no `..`, no leading `/`. */
+export const ASSET_PATH_RE = /^[A-Za-z0-9_][A-Za-z0-9_.-]*(\/[A-Za-z0-9_][A-Za-z0-9_.-]*)*$/;
+
+export const BuildInfoSchema = z.strictObject({
+  tool: z.literal('fuseload'),
+  version: z.string(),
+  shardSize: z.number().int().positive(),
+  alignment: z.number().int().positive(),
+  strict: z.boolean(),
+});
+
+export const PipelineManifestSchema = z.strictObject({
+  schema: z.literal(PIPELINE_SCHEMA),
+  name: z.string().refine(isName, 'must be a model name ([A-Za-z0-9][A-Za-z0-9._-]*)'),
+  kind: z.enum(KINDS),
+  components: z.partialRecord(z.enum(ROLES), ComponentSchema),
+  assets: z.record(z.string().regex(ASSET_PATH_RE, 'asset paths are relative, without ".."'), BlobRefSchema),
+  loras: z.array(PipelineLoraRecordSchema),
+  build: BuildInfoSchema,
+});
+
 export type BlobRef = z.infer<typeof BlobRefSchema>;
+export type Component = z.infer<typeof ComponentSchema>;
+export type PipelineLoraRecord = z.infer<typeof PipelineLoraRecordSchema>;
+export type PipelineManifest = z.infer<typeof PipelineManifestSchema>;
+export type BuildInfo = z.infer<typeof BuildInfoSchema>;
 export type TensorEntry = z.infer<typeof TensorEntrySchema>;
 export type LoraRecord = z.infer<typeof LoraRecordSchema>;
+/** Schema 1: one graph. */
 export type Manifest = z.infer<typeof ManifestSchema>;
+/** Either schema, as read from bytes. */
+export type AnyManifest = Manifest | PipelineManifest;
 
 export interface EncodedManifest {
   bytes: Uint8Array;
@@ -84,7 +143,7 @@ export interface EncodedManifest {
 }
 
 /** Canonical bytes and fingerprint of a manifest. Validates first: we never write a bad one. */
-export async function encodeManifest(manifest: Manifest): Promise<EncodedManifest> {
+export async function encodeManifest(manifest: AnyManifest): Promise<EncodedManifest> {
   const checked = parseManifestObject(manifest, 'manifest');
   const bytes = canonicalJsonBytes(checked);
   return { bytes, fingerprint: await sha256(bytes) };
@@ -94,7 +153,7 @@ export async function encodeManifest(manifest: Manifest): Promise<EncodedManifes
  * Reads manifest bytes. With `expected`, the bytes must hash to it (a manifest is
  * self-verifying by its own digest), so a stale or tampered copy is refused.
  */
-export async function decodeManifest(bytes: Uint8Array, input: string, expected?: Digest): Promise<Manifest> {
+export async function decodeManifest(bytes: Uint8Array, input: string, expected?: Digest): Promise<AnyManifest> {
   if (expected) {
     const actual = await sha256(bytes);
     if (actual !== expected) {
@@ -110,45 +169,82 @@ export async function decodeManifest(bytes: Uint8Array, input: string, expected?
   return parseManifestObject(json, input);
 }
 
-export function parseManifestObject(json: unknown, input: string): Manifest {
-  const result = ManifestSchema.safeParse(json);
+export function parseManifestObject(json: unknown, input: string): AnyManifest {
+  const schema = (json as { schema?: unknown } | null)?.schema;
+  const result = (schema === PIPELINE_SCHEMA ? PipelineManifestSchema : ManifestSchema).safeParse(json);
   if (!result.success) {
     const issue = result.error.issues[0];
     const where = issue.path.length ? issue.path.join('.') : '(root)';
     throw new FuseloadError('bad-input', `${input}: manifest field ${where}: ${issue.message}`);
   }
   const m = result.data;
-  for (const t of m.tensors) {
-    const shard = m.shards[t.shard];
-    if (!shard) throw new FuseloadError('bad-input', `${input}: tensor "${t.name}" names shard ${t.shard}, but there are ${m.shards.length}`);
-    if (t.offset + t.length > shard.size) {
-      throw new FuseloadError('bad-input', `${input}: tensor "${t.name}" ends at byte ${t.offset + t.length} but shard ${t.shard} has ${shard.size}`);
+  for (const [role, c] of Object.entries(pipelineView(m).components)) checkComponent(c, m.schema === PIPELINE_SCHEMA ? `${input}: ${role}` : input);
+  if (m.schema === PIPELINE_SCHEMA) {
+    const roles = Object.keys(m.components);
+    if (roles.length === 0) throw new FuseloadError('bad-input', `${input}: a pipeline needs at least one component`);
+    if (m.kind === 'graph' && (roles.length !== 1 || !m.components.model)) throw new FuseloadError('bad-input', `${input}: a "graph" pipeline has exactly one component, "model"`);
+    if (m.kind === 'text-to-image') {
+      for (const role of ['text_encoder', 'vae_decoder'] as const) if (!m.components[role]) throw new FuseloadError('bad-input', `${input}: a text-to-image pipeline needs a ${role}`);
+      if (!m.components.unet && !m.components.transformer) throw new FuseloadError('bad-input', `${input}: a text-to-image pipeline needs a unet or a transformer`);
     }
   }
   return m;
 }
 
-/** Every blob a manifest names (graph first, then shards), without duplicates. */
-export function manifestBlobs(m: Manifest): BlobRef[] {
-  const seen = new Set<string>();
-  const out: BlobRef[] = [];
-  for (const ref of [m.graph, ...m.shards]) {
-    if (seen.has(ref.digest)) continue;
-    seen.add(ref.digest);
-    out.push(ref);
+function checkComponent(c: Component, input: string): void {
+  for (const t of c.tensors) {
+    const shard = c.shards[t.shard];
+    if (!shard) throw new FuseloadError('bad-input', `${input}: tensor "${t.name}" names shard ${t.shard}, but there are ${c.shards.length}`);
+    if (t.offset + t.length > shard.size) {
+      throw new FuseloadError('bad-input', `${input}: tensor "${t.name}" ends at byte ${t.offset + t.length} but shard ${t.shard} has ${shard.size}`);
+    }
   }
-  return out;
+}
+
+/**
+ * Either schema as a pipeline: schema 1 reads as a `graph` pipeline whose one component is
+ * `model` (DESIGN.md: "Schema-1 manifests stay readable as a graph pipeline of one component").
+ */
+export function pipelineView(m: AnyManifest): PipelineManifest {
+  if (m.schema === PIPELINE_SCHEMA) return m;
+  return {
+    schema: PIPELINE_SCHEMA,
+    name: m.name,
+    kind: 'graph',
+    components: { model: { graph: m.graph, shards: m.shards, tensors: m.tensors, base: m.base } },
+    assets: {},
+    loras: m.loras.map((l) => ({ ...l, size: 0, components: { model: { matched: l.matched, unmatched: l.unmatched } } })),
+    build: m.build,
+  };
+}
+
+/** The components in a fixed order (ROLES'), so every walk over them is deterministic. */
+export function componentEntries(m: PipelineManifest): [Role, Component][] {
+  return ROLES.filter((r) => m.components[r]).map((r) => [r, m.components[r]!]);
+}
+
+function unique<T extends { digest: Digest }>(refs: T[]): T[] {
+  const seen = new Set<string>();
+  return refs.filter((r) => !seen.has(r.digest) && !!seen.add(r.digest));
+}
+
+/** Every blob a runtime needs for a manifest (each component's graph then shards, then assets), without duplicates. */
+export function manifestBlobs(m: AnyManifest): BlobRef[] {
+  const p = pipelineView(m);
+  const refs: BlobRef[] = [];
+  for (const [, c] of componentEntries(p)) refs.push(c.graph, ...c.shards);
+  for (const path of Object.keys(p.assets).sort()) refs.push(p.assets[path]);
+  return unique(refs);
 }
 
 /**
  * Every blob an artifact directory (or bucket) holds for a manifest: what the runtime needs
  * (`manifestBlobs`) plus the LoRA files it was built with, which load-time overlays fetch.
- * LoRA sizes are not in the manifest.
+ * Schema 1 does not record LoRA sizes.
  */
-export function artifactBlobs(m: Manifest): { digest: Digest; size?: number }[] {
-  const seen = new Set(manifestBlobs(m).map((b) => b.digest));
-  const loras = m.loras.filter((l) => !seen.has(l.digest) && seen.add(l.digest)).map((l) => ({ digest: l.digest }));
-  return [...manifestBlobs(m), ...loras];
+export function artifactBlobs(m: AnyManifest): { digest: Digest; size?: number }[] {
+  const loras = m.schema === PIPELINE_SCHEMA ? m.loras.map((l) => ({ digest: l.digest, size: l.size })) : m.loras.map((l) => ({ digest: l.digest }));
+  return unique([...manifestBlobs(m), ...loras]);
 }
 
 /** A tag: the only mutable object, a pointer to a manifest. */
@@ -165,4 +261,10 @@ export function parseTag(bytes: Uint8Array, input: string): Tag {
   const result = TagSchema.safeParse(json);
   if (!result.success) throw new FuseloadError('bad-input', `${input}: tag must be {"manifest":"sha256:<hex>"}`);
   return result.data;
+}
+
+/** A manifest that must be schema 1 (one graph): for code and tests that speak of one graph. */
+export function schema1(m: AnyManifest, input = 'manifest'): Manifest {
+  if (m.schema !== MANIFEST_SCHEMA) throw new FuseloadError('bad-input', `${input}: is a ${m.schema} pipeline, not a ${MANIFEST_SCHEMA} graph`);
+  return m;
 }

@@ -4,14 +4,17 @@
  * here, each runtime supplies an Engine and a BlobStore behind it.
  */
 import type { Digest } from './digest.ts';
-import type { Manifest } from './manifest.ts';
+import type { AnyManifest, PipelineKind, Role } from './manifest.ts';
+import type { GenerateOptions, GenerateResult } from './generate/text-to-image.ts';
+
+export type { GenerateOptions, GenerateResult } from './generate/text-to-image.ts';
 
 export type Device = 'auto' | 'webgpu' | 'wasm' | 'cuda' | 'cpu';
 
 /** What an execution provider is called in `p.info.provider`. */
 export type Provider = 'webgpu' | 'wasm' | 'cuda' | 'cpu';
 
-export type ProgressPhase = 'manifest' | 'download' | 'verify' | 'store' | 'session' | 'overlay';
+export type ProgressPhase = 'manifest' | 'download' | 'verify' | 'store' | 'session' | 'overlay' | 'step';
 
 /** Enough for any progress bar: per file, plus `aggregate` over the whole load. */
 export interface ProgressEvent {
@@ -21,6 +24,11 @@ export interface ProgressEvent {
   loaded: number;
   total: number;
   aggregate?: { loaded: number; total: number };
+  /** The component a `session` or `overlay` event is about. */
+  component?: Role;
+  /** `step` events (generation): the step just finished, of `steps`. */
+  step?: number;
+  steps?: number;
 }
 
 /** A LoRA applied at load time on top of a clean base artifact. */
@@ -53,19 +61,31 @@ export interface LoadPipelineOptions {
 
 export type CacheSource = 'memory' | 'store' | 'network';
 
-export interface PipelineInfo {
-  fingerprint: Digest;
-  manifest: Manifest;
-  /** The execution provider that ran. */
+export interface ComponentInfo {
+  /** The execution provider this component's session runs on. */
   provider: Provider;
   /** Providers tried before it and why each was passed over, in order. */
   fallbacks: { provider: Provider; reason: string }[];
+}
+
+export interface PipelineInfo {
+  fingerprint: Digest;
+  /** The manifest as published (schema 1 or 2). */
+  manifest: AnyManifest;
+  /** What the pipeline does: `graph` (one plain model, `run`) or `text-to-image` (`generate`). */
+  kind: PipelineKind;
+  /** The execution provider of the main component (`model`, or the UNet / transformer). */
+  provider: Provider;
+  /** Every component's fallbacks, in load order, naming the component. */
+  fallbacks: { provider: Provider; reason: string; component?: Role }[];
+  /** Per component: the provider it runs on and why others were passed over. */
+  components: Partial<Record<Role, ComponentInfo>>;
   /** Where each blob came from on this load. */
   sources: Record<Digest, CacheSource>;
   /** Bytes that crossed the network on this load. */
   bytesFetched: number;
-  /** Overlays applied at load time, with their resolved digests. */
-  overlays: { digest: Digest; scale: number; matched: number }[];
+  /** Overlays applied at load time, with their resolved digests and matched keys per component. */
+  overlays: { digest: Digest; scale: number; matched: number; components: Partial<Record<Role, number>> }[];
   /** True when the pipeline came whole from the in-memory pipeline cache. */
   fromPipelineCache: boolean;
 }
@@ -81,7 +101,12 @@ export type Feeds = Record<string, TensorLike>;
 
 export interface Pipeline {
   readonly info: PipelineInfo;
+  /** One session per component, by role (like transformers.js' `sessions[role]`). */
+  readonly sessions: Readonly<Partial<Record<Role, EngineSession>>>;
+  /** Runs the one graph of a `graph` pipeline. */
   run(feeds: Feeds): Promise<Feeds>;
+  /** Prompt in, picture out, on a `text-to-image` pipeline (docs/generation.md). */
+  generate(options: GenerateOptions): Promise<GenerateResult>;
   dispose(): Promise<void>;
 }
 
@@ -94,6 +119,12 @@ export interface ExternalDataFile {
 export interface EngineSession {
   run(feeds: Feeds): Promise<Feeds>;
   release(): Promise<void>;
+  readonly inputNames: readonly string[];
+  readonly outputNames: readonly string[];
+  /** Element type per input ('float32', 'float16', 'int32', 'int64', …), where the engine knows it. */
+  readonly inputTypes?: Readonly<Record<string, string>>;
+  /** Declared dims per input (numbers, or names for symbolic ones), where the engine knows them. */
+  readonly inputDims?: Readonly<Record<string, readonly (number | string)[]>>;
 }
 
 /** One per runtime. `create` tries providers in order and reports every fallback. */
@@ -104,5 +135,7 @@ export interface Engine {
     graph: Uint8Array,
     externalData: ExternalDataFile[],
     provider: Provider,
+    /** What the caller asked for: an engine may pass a provider over under 'auto' only. */
+    device?: Device,
   ): Promise<EngineSession>;
 }

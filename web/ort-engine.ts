@@ -19,12 +19,15 @@ export interface WebGpuAdapterReport {
   architecture?: string;
   /** Whether float16 shaders are possible; ORT enables them only then. */
   shaderF16?: boolean;
+  /** A software adapter (SwiftShader, `isFallbackAdapter`): far slower than WASM, so `auto` passes it over. */
+  software?: boolean;
 }
 
 /** The slice of WebGPU's types we touch (no @webgpu/types dependency for three fields). */
 interface GpuAdapter {
   readonly features: ReadonlySet<string>;
-  readonly info?: { vendor?: string; architecture?: string };
+  readonly info?: { vendor?: string; architecture?: string; description?: string; isFallbackAdapter?: boolean };
+  readonly isFallbackAdapter?: boolean;
 }
 interface Gpu {
   requestAdapter(): Promise<GpuAdapter | null>;
@@ -49,8 +52,9 @@ function probeAdapter() {
     }
     if (!adapter) return { report: { available: false, reason: 'navigator.gpu.requestAdapter() returned no adapter' }, adapter: null };
     const info = adapter.info;
+    const software = !!(info?.isFallbackAdapter ?? adapter.isFallbackAdapter) || /swiftshader|llvmpipe|software/i.test(`${info?.vendor} ${info?.architecture} ${info?.description}`);
     return {
-      report: { available: true, vendor: info?.vendor, architecture: info?.architecture, shaderF16: adapter.features.has('shader-f16') },
+      report: { available: true, vendor: info?.vendor, architecture: info?.architecture, shaderF16: adapter.features.has('shader-f16'), software },
       adapter,
     };
   })();
@@ -70,10 +74,14 @@ export function createOrtEngine(options: OrtEngineOptions = {}): Engine {
       if (device === 'webgpu' || device === 'wasm') return [device];
       return [];
     },
-    async create(graph: Uint8Array, externalData: ExternalDataFile[], provider: Provider): Promise<EngineSession> {
+    async create(graph: Uint8Array, externalData: ExternalDataFile[], provider: Provider, device?: Device): Promise<EngineSession> {
       if (provider === 'webgpu') {
         const { report, adapter } = await probeAdapter();
         if (!adapter) throw new Error(`WebGPU unavailable: ${report.reason}`);
+        // A software adapter runs the sample ~100× slower than WASM: only an explicit 'webgpu' gets it.
+        if (report.software && device !== 'webgpu') {
+          throw new Error(`the WebGPU adapter is a software fallback (${report.vendor || 'unknown vendor'} ${report.architecture || ''}`.trim() + `), slower than WASM; device 'webgpu' forces it`);
+        }
         // Hand ORT the adapter we probed so it does not pick another one.
         (ort.env.webgpu as { adapter?: unknown }).adapter = adapter;
       }
@@ -84,6 +92,7 @@ export function createOrtEngine(options: OrtEngineOptions = {}): Engine {
         logSeverityLevel: 3,
       });
       return {
+        ...sessionMetadata(session),
         async run(feeds: Feeds): Promise<Feeds> {
           const inputs: Record<string, ort.Tensor> = {};
           for (const [name, t] of Object.entries(feeds)) inputs[name] = new ort.Tensor(t.type as ort.Tensor.Type, t.data as ort.Tensor.DataType, t.dims);
@@ -99,4 +108,20 @@ export function createOrtEngine(options: OrtEngineOptions = {}): Engine {
       };
     },
   };
+}
+
+/** Input and output names, element types and declared dims, as the loop needs them (docs/generation.md). */
+export function sessionMetadata(session: {
+  readonly inputNames: readonly string[];
+  readonly outputNames: readonly string[];
+  readonly inputMetadata?: readonly { name: string; isTensor: boolean; type?: string; shape?: readonly (number | string)[] }[];
+}): Pick<EngineSession, 'inputNames' | 'outputNames' | 'inputTypes' | 'inputDims'> {
+  const inputTypes: Record<string, string> = {};
+  const inputDims: Record<string, readonly (number | string)[]> = {};
+  for (const m of session.inputMetadata ?? []) {
+    if (!m.isTensor) continue;
+    if (m.type) inputTypes[m.name] = m.type;
+    if (m.shape) inputDims[m.name] = m.shape;
+  }
+  return { inputNames: [...session.inputNames], outputNames: [...session.outputNames], inputTypes, inputDims };
 }

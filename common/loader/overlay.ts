@@ -15,9 +15,9 @@ import { blobKey } from '../keys.ts';
 import { readLora } from '../lora/adapter.ts';
 import { applyLoraDelta, type LoraMatrix } from '../lora/delta.ts';
 import { bytesToF32, f32ToBytes, type FloatDtype } from '../lora/dtype.ts';
-import { matchLora } from '../lora/match.ts';
+import { routeLora } from '../lora/match.ts';
 import { EngineMerger, type MergeTerm } from '../lora/overlay-merge.ts';
-import type { Manifest, TensorEntry } from '../manifest.ts';
+import { type Component, componentEntries, type PipelineManifest, type Role, type TensorEntry } from '../manifest.ts';
 import type { CacheSource, Engine, ExternalDataFile, LoraOverlay, Provider } from '../pipeline.ts';
 import type { BlobStore } from '../store.ts';
 import { abortError } from './download.ts';
@@ -46,6 +46,22 @@ export interface AppliedOverlay {
   digest: Digest;
   scale: number;
   matched: number;
+  /** Matched keys per component. */
+  components: Partial<Record<Role, number>>;
+}
+
+export type OverlayTerm = MergeTerm & { label: string };
+
+/** LoRA files whose size the manifest records, and the byte path that fetches them. */
+export interface SizedLoras {
+  sizes: Map<Digest, number>;
+  get(ref: { digest: Digest; size: number }): Promise<{ bytes: Uint8Array; source: CacheSource; bytesFetched: number }>;
+}
+
+/** What a load's overlays do, per component and target tensor. */
+export interface OverlayPlan {
+  applied: AppliedOverlay[];
+  terms: Map<Role, Map<TensorEntry, OverlayTerm[]>>;
 }
 
 /** Checks the requested overlays before anything is fetched. */
@@ -103,11 +119,20 @@ export function createOverlayRuntime(options: OverlayRuntimeOptions) {
   const merger = new EngineMerger(options.engine, warn);
   const ortMin = options.ortMinElements ?? 1 << 20;
 
-  /** One LoRA file by digest or URL: memory → store (re-verified) → network (verified). */
-  async function fetchLora(origin: string, o: ResolvedOverlay, events: OverlayEvents, signal?: AbortSignal): Promise<OverlayLora> {
+  /**
+   * One LoRA file by digest or URL. A LoRA the manifest records (schema 2 gives its size) goes
+   * through the loader's one byte path (`sized`: lock, resume, retry, store-behind); any other
+   * is fetched here: memory → store (re-verified) → network (verified).
+   */
+  async function fetchLora(origin: string, o: ResolvedOverlay, events: OverlayEvents, signal?: AbortSignal, sized?: SizedLoras): Promise<OverlayLora> {
     const known = o.digest ?? (o.url ? urlDigests.get(o.url) : undefined);
     const label = o.url ? labelOf(o.url) : o.digest!;
     const base = { scale: o.scale, ...(o.alpha === undefined ? {} : { alpha: o.alpha }), label };
+    const size = known ? sized?.sizes.get(known) : undefined;
+    if (known && size !== undefined && sized) {
+      const got = await sized.get({ digest: known, size });
+      return { ...base, digest: known, bytes: got.bytes, source: got.source, bytesFetched: got.bytesFetched };
+    }
     if (known) {
       const hit = await memory.get(known);
       if (hit) return { ...base, digest: known, bytes: hit, source: 'memory', bytesFetched: 0 };
@@ -151,58 +176,75 @@ export function createOverlayRuntime(options: OverlayRuntimeOptions) {
   }
 
   /** Every LoRA of a load, in the order they are applied: (digest, scale), as `fuseload build` orders them. */
-  async function fetchLoras(origin: string, overlays: ResolvedOverlay[], events: OverlayEvents, signal?: AbortSignal): Promise<OverlayLora[]> {
-    const loras = await Promise.all(overlays.map((o) => fetchLora(origin, o, events, signal)));
+  async function fetchLoras(origin: string, overlays: ResolvedOverlay[], events: OverlayEvents, signal?: AbortSignal, sized?: SizedLoras): Promise<OverlayLora[]> {
+    const loras = await Promise.all(overlays.map((o) => fetchLora(origin, o, events, signal, sized)));
     return loras.sort((a, b) => (a.digest < b.digest ? -1 : a.digest > b.digest ? 1 : a.scale - b.scale || (a.alpha ?? 0) - (b.alpha ?? 0)));
   }
 
   /**
-   * Returns the external data the engine gets: `files` itself when nothing changes, otherwise
-   * `files` with each touched shard replaced by a modified copy (untouched ones are the same objects).
+   * Routes every overlay to its components and matches it there (the build's routing, so a
+   * kohya file's `lora_te_` keys land on the text encoder and `lora_unet_` on the UNet).
    */
-  async function applyOverlays(
-    manifest: Manifest,
-    files: ExternalDataFile[],
-    loras: OverlayLora[],
-    providers: Provider[],
-    events: OverlayEvents = {},
-  ): Promise<{ files: ExternalDataFile[]; applied: AppliedOverlay[]; tensors: number; shards: number }> {
-    if (loras.length === 0) return { files, applied: [], tensors: 0, shards: 0 };
-    const targets = new Map<TensorEntry, (MergeTerm & { label: string })[]>();
+  function planOverlays(manifest: PipelineManifest, loras: OverlayLora[]): OverlayPlan {
+    const targets = new Map(componentEntries(manifest).map(([role, c]) => [role, c.tensors] as const));
+    const terms = new Map<Role, Map<TensorEntry, OverlayTerm[]>>();
     const applied: AppliedOverlay[] = [];
     for (const lora of loras) {
       // PEFT keeps alpha in adapter_config.json, not in the file: the overlay's `alpha` stands in for it.
       const adapter = readLora(lora.bytes, lora.label, lora.alpha === undefined ? undefined : { lora_alpha: lora.alpha });
-      const { applications, matchedKeys, unmatchedKeys } = matchLora(adapter, manifest.tensors, lora.label);
-      applied.push({ digest: lora.digest, scale: lora.scale, matched: matchedKeys.length });
-      if (matchedKeys.length === 0) warn(`LoRA ${lora.label}: none of its ${unmatchedKeys.length} keys match a weight of ${manifest.name}`);
+      const routed = routeLora(adapter, targets, lora.label);
+      const components: AppliedOverlay['components'] = {};
+      for (const [role, found] of routed.components) if (found.matchedKeys.length) components[role] = found.matchedKeys.length;
+      applied.push({ digest: lora.digest, scale: lora.scale, matched: routed.matchedKeys.length, components });
+      if (routed.matchedKeys.length === 0) warn(`LoRA ${lora.label}: none of its ${routed.unmatchedKeys.length} keys match a weight of ${manifest.name}`);
+      for (const m of routed.missing.slice(0, 1)) warn(`LoRA ${lora.label}: ${routed.missing.length} key(s) are for ${m.component}, which ${manifest.name} does not have (first "${m.key}")`);
       // Scale 0 adds nothing: skipping it keeps the base bytes exactly (and uncopied).
       if (lora.scale === 0) continue;
-      for (const { target, module } of applications) {
-        if (target.dtype !== 'float32' && target.dtype !== 'float16' && target.dtype !== 'bfloat16') {
-          throw new FuseloadError('unsupported', `LoRA ${lora.label}: weight "${target.name}" of ${manifest.name} is ${target.dtype}, not fp32/fp16/bf16`);
+      for (const [role, found] of routed.components) {
+        for (const { target, module } of found.applications) {
+          if (target.dtype !== 'float32' && target.dtype !== 'float16' && target.dtype !== 'bfloat16') {
+            throw new FuseloadError('unsupported', `LoRA ${lora.label}: weight "${target.name}" of ${manifest.name}/${role} is ${target.dtype}, not fp32/fp16/bf16`);
+          }
+          let byTarget = terms.get(role);
+          if (!byTarget) terms.set(role, (byTarget = new Map()));
+          const list = byTarget.get(target) ?? [];
+          list.push({ up: module.up as LoraMatrix, down: module.down as LoraMatrix, alpha: module.alpha, scale: lora.scale, label: `${lora.label}: "${module.label}"` });
+          byTarget.set(target, list);
         }
-        const terms = targets.get(target) ?? [];
-        terms.push({ up: module.up as LoraMatrix, down: module.down as LoraMatrix, alpha: module.alpha, scale: lora.scale, label: `${lora.label}: "${module.label}"` });
-        targets.set(target, terms);
       }
     }
-    if (targets.size === 0) return { files, applied, tensors: 0, shards: 0 };
+    return { applied, terms };
+  }
+
+  /**
+   * Returns the external data the engine gets for one component: `files` itself when nothing
+   * changes, otherwise `files` with each touched shard replaced by a modified copy (untouched
+   * ones are the same objects).
+   */
+  async function applyOverlays(
+    label: string,
+    component: Component,
+    files: ExternalDataFile[],
+    targets: Map<TensorEntry, OverlayTerm[]> | undefined,
+    providers: Provider[],
+    events: OverlayEvents = {},
+  ): Promise<{ files: ExternalDataFile[]; tensors: number; shards: number }> {
+    if (!targets || targets.size === 0) return { files, tensors: 0, shards: 0 };
 
     // One copy per touched shard (grouped by digest: the graph names external data by it).
     const byShard = new Map<string, TensorEntry[]>();
     for (const entry of targets.keys()) {
-      const hex = digestHex(manifest.shards[entry.shard].digest);
+      const hex = digestHex(component.shards[entry.shard].digest);
       const list = byShard.get(hex) ?? [];
       list.push(entry);
       byShard.set(hex, list);
     }
     const copies = new Map<string, Uint8Array>();
     let done = 0;
-    events.overlay?.(manifest.name, 0, targets.size);
+    events.overlay?.(label, 0, targets.size);
     for (const [hex, entries] of byShard) {
       const original = files.find((f) => f.path === hex);
-      if (!original) throw new FuseloadError('bad-input', `${manifest.name}: shard ${hex} is not among the external data`);
+      if (!original) throw new FuseloadError('bad-input', `${label}: shard ${hex} is not among the external data`);
       const copy = new Uint8Array(original.data.length);
       // Only the bytes no merge writes are copied as they are: the merges read the original.
       entries.sort((a, b) => a.offset - b.offset);
@@ -221,13 +263,12 @@ export function createOverlayRuntime(options: OverlayRuntimeOptions) {
     }
     return {
       files: files.map((f) => (copies.has(f.path) ? { path: f.path, data: copies.get(f.path)! } : f)),
-      applied,
       tensors: targets.size,
       shards: copies.size,
     };
   }
 
-  async function mergeTensor(src: Uint8Array, dst: Uint8Array, entry: TensorEntry, terms: (MergeTerm & { label: string })[], providers: Provider[]): Promise<void> {
+  async function mergeTensor(src: Uint8Array, dst: Uint8Array, entry: TensorEntry, terms: OverlayTerm[], providers: Provider[]): Promise<void> {
     const dtype = entry.dtype as FloatDtype;
     const count = entry.shape.reduce((a, b) => a * b, 1);
     if (dtype !== 'bfloat16' && count >= ortMin && entry.layout !== 'none') {
@@ -239,7 +280,7 @@ export function createOverlayRuntime(options: OverlayRuntimeOptions) {
     dst.set(f32ToBytes(weight, dtype));
   }
 
-  return { fetchLoras, applyOverlays };
+  return { fetchLoras, planOverlays, applyOverlays };
 }
 
 export type OverlayRuntime = ReturnType<typeof createOverlayRuntime>;

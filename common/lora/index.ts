@@ -6,4 +6,4 @@ export { applyLoraDelta, checkLoraDelta, loraFactor, type LoraMatrix, type LoraT
 export { bf16ToF32, bytesToF32, f16ToF32, f32ToBf16, f32ToBytes, f32ToF16, f32ToF16Bits, type FloatDtype } from './dtype.ts';
 export { type LoraFormat, type LoraKey, type LoraPart, moduleFromInitializerName, moduleFromNodeName, moduleMatchKey, parseLoraKey } from './keys.ts';
 export { type LoraAdapter, type LoraModule, parsePeftConfig, type PeftConfig, readLora } from './adapter.ts';
-export { type LoraMatch, type LoraTargetEntry, matchLora } from './match.ts';
+export { type LoraMatch, type LoraTargetEntry, matchLora, type RoutedLora, routeLora } from './match.ts';

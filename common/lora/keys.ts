@@ -8,11 +8,19 @@
  * (`to_q`), so both sides are compared through one flattened form: `moduleMatchKey`.
  */
 
+import type { Role } from '../manifest.ts';
+
 export type LoraFormat = 'kohya' | 'peft' | 'diffusers';
 export type LoraPart = 'up' | 'down' | 'alpha';
 
 export interface LoraKey {
-  /** The module as the file names it (prefix and suffix removed). */
+  /**
+   * The pipeline component the key's prefix names (kohya `lora_unet_`, `lora_te_`/`lora_te1_`,
+   * `lora_te2_`, `lora_transformer_`; diffusers/PEFT `unet.`, `text_encoder.`, `text_encoder_2.`,
+   * `transformer.`); undefined when the key names none (PEFT `base_model.model.…` of one model).
+   */
+  component?: Role;
+  /** The module as the file names it, inside its component (prefixes and suffix removed). */
   module: string;
   /** `moduleMatchKey(module)`: what a tensor index `module` is compared with. */
   match: string;
@@ -20,14 +28,24 @@ export interface LoraKey {
   format: LoraFormat;
 }
 
-/** The flattened comparison form of a module path: separators → `_`, known prefixes dropped. */
+/**
+ * The flattened comparison form of a module path inside its component: separators → `_`.
+ * Component prefixes are not part of it: the parser routes them away first, so
+ * `transformer_blocks.0` stays `transformer_blocks_0` on both sides.
+ */
 export function moduleMatchKey(module: string): string {
-  let m = module.replace(/[./]/g, '_');
-  m = m.replace(/^(lora_unet_|lora_te[12]?_|unet_|base_model_model_|transformer_)/, '');
-  return m;
+  return module.replace(/[./]/g, '_');
 }
 
-const KOHYA_RE = /^(lora_(?:unet|te[12]?)_[A-Za-z0-9_]+)\.(lora_down\.weight|lora_up\.weight|alpha)$/;
+const KOHYA_RE = /^lora_(unet|te[12]?|transformer)_([A-Za-z0-9_]+)\.(lora_down\.weight|lora_up\.weight|alpha)$/;
+const KOHYA_COMPONENT: Record<string, Role> = { unet: 'unet', te: 'text_encoder', te1: 'text_encoder', te2: 'text_encoder_2', transformer: 'transformer' };
+/** diffusers/PEFT component prefixes, longest first (`text_encoder_2.` before `text_encoder.`). */
+const DOTTED_COMPONENTS: [string, Role][] = [
+  ['text_encoder_2.', 'text_encoder_2'],
+  ['text_encoder.', 'text_encoder'],
+  ['unet.', 'unet'],
+  ['transformer.', 'transformer'],
+];
 const PEFT_RE = /^(.+?)\.lora_([AB])(?:\.[A-Za-z0-9_-]+)?\.weight$/;
 const PEFT_ALPHA_RE = /^(.+?)\.alpha$/;
 const DIFFUSERS_RE = /^(.+?)\.(?:lora|lora_linear_layer)\.(down|up)\.weight$/;
@@ -37,26 +55,37 @@ const DIFFUSERS_PROCESSOR_RE = /^(.+)\.processor\.(to_q|to_k|to_v|to_out)_lora\.
 export function parseLoraKey(key: string): LoraKey | null {
   let m = KOHYA_RE.exec(key);
   if (m) {
-    const part: LoraPart = m[2] === 'alpha' ? 'alpha' : m[2].startsWith('lora_down') ? 'down' : 'up';
-    return make(m[1], part, 'kohya');
+    const part: LoraPart = m[3] === 'alpha' ? 'alpha' : m[3].startsWith('lora_down') ? 'down' : 'up';
+    return { component: KOHYA_COMPONENT[m[1]], module: m[2], match: moduleMatchKey(m[2]), part, format: 'kohya' };
   }
   m = PEFT_RE.exec(key);
-  if (m) return make(stripPrefix(m[1]), m[2] === 'A' ? 'down' : 'up', 'peft');
+  if (m) return make(m[1], m[2] === 'A' ? 'down' : 'up', 'peft');
   m = DIFFUSERS_PROCESSOR_RE.exec(key);
-  if (m) return make(`${stripPrefix(m[1])}.${m[2] === 'to_out' ? 'to_out.0' : m[2]}`, m[3] as LoraPart, 'diffusers');
+  if (m) return make(`${m[1]}.${m[2] === 'to_out' ? 'to_out.0' : m[2]}`, m[3] as LoraPart, 'diffusers');
   m = DIFFUSERS_RE.exec(key);
-  if (m) return make(stripPrefix(m[1]), m[2] as LoraPart, 'diffusers');
+  if (m) return make(m[1], m[2] as LoraPart, 'diffusers');
   m = PEFT_ALPHA_RE.exec(key);
-  if (m && !key.startsWith('lora_')) return make(stripPrefix(m[1]), 'alpha', 'diffusers');
+  if (m && !key.startsWith('lora_')) return make(m[1], 'alpha', 'diffusers');
   return null;
 }
 
-function stripPrefix(module: string): string {
-  return module.replace(/^base_model\.model\./, '').replace(/^(unet|transformer)\./, '');
+/** Splits `[base_model.model.]<component>.[base_model.model.]<module>` into its parts. */
+export function routeModule(dotted: string): { component?: Role; module: string } {
+  let module = dotted.replace(/^base_model\.model\./, '');
+  let component: Role | undefined;
+  for (const [prefix, role] of DOTTED_COMPONENTS) {
+    if (module.startsWith(prefix)) {
+      component = role;
+      module = module.slice(prefix.length).replace(/^base_model\.model\./, '');
+      break;
+    }
+  }
+  return { component, module };
 }
 
-function make(module: string, part: LoraPart, format: LoraFormat): LoraKey {
-  return { module, match: moduleMatchKey(module), part, format };
+function make(dotted: string, part: LoraPart, format: LoraFormat): LoraKey {
+  const { component, module } = routeModule(dotted);
+  return { ...(component ? { component } : {}), module, match: moduleMatchKey(module), part, format };
 }
 
 /** Ops whose last path segment is an op name, not part of the module (`MatMul`, `Conv_3`). */

@@ -73,7 +73,7 @@ describe('overlays on every layer kind, fp16 and bf16 weights', () => {
       const warnings: string[] = [];
       const loader = createLoader({ engine: new OrtNodeEngine(), store: new MemoryStore(), warn: (m) => warnings.push(m), overlayOrtMinElements: ortMinElements });
       const p = await loader.loadPipeline({ origin: origin.url, model: 'fixture', fingerprint: base.fingerprint, device: 'cpu', loras: [{ digest, scale }] });
-      expect(p.info.overlays).toEqual([{ digest, scale, matched: merged.loras[0].matched }]);
+      expect(p.info.overlays).toEqual([{ digest, scale, matched: merged.loras[0].matched, components: { model: merged.loras[0].matched } }]);
       const out = await p.run(feeds);
       const got = LAYERS.map((_, i) => out[`y${i}`].data as Float32Array);
       // bf16 always merges in JavaScript (as in the build); fp16 through onnxruntime when asked.

@@ -145,7 +145,7 @@ describe('load-time overlays give the numbers of `fuseload build`', () => {
     const base = await image(r.loader, []);
     const zero = await image(r.loader, [{ digest: fx.loras.warm.digest, scale: 0 }]);
     expect(Array.from(zero.data)).toEqual(Array.from(base.data));
-    expect(zero.info.overlays).toEqual([{ digest: fx.loras.warm.digest, scale: 0, matched: expect.any(Number) }]);
+    expect(zero.info.overlays).toEqual([{ digest: fx.loras.warm.digest, scale: 0, matched: expect.any(Number), components: { model: expect.any(Number) } }]);
     const last = r.created.at(-1)!;
     for (const f of last) expect(f.data).toBe(await r.loader.memory.get(`sha256:${f.path}`));
   });
@@ -203,7 +203,7 @@ describe('switching overlays with the base in memory', () => {
     const url = `${origin.url}/blobs/sha256/${digestHex(fx.loras.warm.digest)}?sig=secret`;
     origin.reset();
     const p = await r.loader.loadPipeline(opts([{ url, scale: 0.8 }]));
-    expect(p.info.overlays).toEqual([{ digest: fx.loras.warm.digest, scale: 0.8, matched: expect.any(Number) }]);
+    expect(p.info.overlays).toEqual([{ digest: fx.loras.warm.digest, scale: 0.8, matched: expect.any(Number), components: { model: expect.any(Number) } }]);
     // The same LoRA by digest is the same pipeline.
     const q = await r.loader.loadPipeline(opts([{ digest: fx.loras.warm.digest, scale: 0.8 }]));
     expect(q.info.fromPipelineCache).toBe(true);

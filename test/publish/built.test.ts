@@ -9,7 +9,7 @@ import { PutObjectCommand } from '@aws-sdk/client-s3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Digest } from '../../common/digest.ts';
 import { blobKey, manifestKey, tagKey } from '../../common/keys.ts';
-import { type Manifest, decodeManifest } from '../../common/manifest.ts';
+import { type Manifest, decodeManifest, schema1 } from '../../common/manifest.ts';
 import { resolveInput } from '../../tools/fetch-input/index.ts';
 import { writeSample } from '../../tools/sample/sample.ts';
 import { DiskStore } from '../../tools/store/disk-store.ts';
@@ -44,7 +44,7 @@ async function build(lora: string, out: string): Promise<Built> {
   const [name] = await readdir(join(work, out, 'manifests', 'sha256'));
   const fingerprint: Digest = `sha256:${name.slice(0, -5)}`;
   expect(JSON.parse(r.stdout).fingerprint).toBe(fingerprint);
-  const manifest = await decodeManifest(new Uint8Array(await readFile(join(work, out, 'manifests', 'sha256', name))), name, fingerprint);
+  const manifest = schema1(await decodeManifest(new Uint8Array(await readFile(join(work, out, 'manifests', 'sha256', name))), name, fingerprint));
   return { fingerprint, manifest };
 }
 
@@ -93,7 +93,7 @@ describe('publishing what `fuseload build` wrote', () => {
     expect(r.code).toBe(0);
     const report = JSON.parse(r.stdout);
     const [name] = await readdir(join(work, 's3-warm', 'manifests', 'sha256'));
-    const m = await decodeManifest(new Uint8Array(await readFile(join(work, 's3-warm', 'manifests', 'sha256', name))), name, report.fingerprint);
+    const m = schema1(await decodeManifest(new Uint8Array(await readFile(join(work, 's3-warm', 'manifests', 'sha256', name))), name, report.fingerprint));
     // Same bytes, other source: identical weights and digests, only the recorded sources differ.
     expect(m.base).toEqual({ digest: warm.manifest.base.digest, source: `s3://${BUCKET}/models/model.onnx` });
     expect(m.shards).toEqual(warm.manifest.shards);

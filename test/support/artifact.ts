@@ -14,7 +14,7 @@ import { tmpdir } from 'node:os';
 import { join, relative } from 'node:path';
 import { promisify } from 'node:util';
 import { type Digest, digestHex } from '../../common/digest.ts';
-import { type BlobRef, type Manifest, decodeManifest, manifestBlobs } from '../../common/manifest.ts';
+import { type BlobRef, type Manifest, decodeManifest, manifestBlobs, schema1 } from '../../common/manifest.ts';
 import { REPO_ROOT } from './paths.ts';
 
 const run = promisify(execFile);
@@ -103,7 +103,7 @@ async function describe(home: string, name: string, tag: string): Promise<Sample
   const dir = join(home, 'artifact');
   const fingerprint = (await readFile(join(home, 'done'), 'utf8')).trim() as Digest;
   const manifestBytes = await readFile(join(dir, 'manifests', 'sha256', `${digestHex(fingerprint)}.json`));
-  const manifest = await decodeManifest(new Uint8Array(manifestBytes), 'test artifact', fingerprint);
+  const manifest = schema1(await decodeManifest(new Uint8Array(manifestBytes), 'test artifact', fingerprint));
   const blobs = manifestBlobs(manifest);
   return {
     dir,

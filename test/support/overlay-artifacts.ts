@@ -9,7 +9,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { type Digest, digestHex, sha256 } from '../../common/digest.ts';
 import { tagKey } from '../../common/keys.ts';
-import { decodeManifest, type Manifest } from '../../common/manifest.ts';
+import { decodeManifest, type Manifest, schema1 } from '../../common/manifest.ts';
 import type { LoraOverlay } from '../../common/pipeline.ts';
 import { encodeSafetensors } from '../../common/safetensors.ts';
 import { build } from '../../tools/build/build.ts';
@@ -65,7 +65,7 @@ function misfitLora(): Uint8Array {
 
 async function buildInto(out: string, base: string, loras: { path: string; scale: number }[]): Promise<BuiltArtifact> {
   const report = await build({ base, loras, name: 'sample', out, store: null, shardSize: SHARD_SIZE });
-  const manifest = await decodeManifest(new Uint8Array(await readFile(report.manifest)), 'test', report.fingerprint);
+  const manifest = schema1(await decodeManifest(new Uint8Array(await readFile(report.manifest)), 'test', report.fingerprint));
   const tag = join(out, tagKey('sample', 'latest'));
   await mkdir(join(tag, '..'), { recursive: true });
   await writeFile(tag, JSON.stringify({ manifest: report.fingerprint }));

@@ -12,7 +12,7 @@ import { promisify } from 'node:util';
 import * as ort from 'onnxruntime-node';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type Digest, digestHex, sha256 } from '../../common/digest.ts';
-import { decodeManifest, type Manifest } from '../../common/manifest.ts';
+import { decodeManifest, type Manifest, schema1 } from '../../common/manifest.ts';
 import { build } from '../../tools/build/build.ts';
 import { verifyDir } from '../../tools/commands/verify.ts';
 import { decodeModel } from '../../tools/onnx/model.ts';
@@ -31,7 +31,7 @@ afterAll(async () => {
 });
 
 async function readManifest(path: string): Promise<Manifest> {
-  return decodeManifest(new Uint8Array(await readFile(path)), path);
+  return schema1(await decodeManifest(new Uint8Array(await readFile(path)), path));
 }
 
 async function listFiles(root: string): Promise<Record<string, Digest>> {

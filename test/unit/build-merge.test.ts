@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import * as ort from 'onnxruntime-node';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { digestHex } from '../../common/digest.ts';
-import { decodeManifest } from '../../common/manifest.ts';
+import { decodeManifest, schema1 } from '../../common/manifest.ts';
 import { build } from '../../tools/build/build.ts';
 import { encodeModel } from '../../tools/onnx/model.ts';
 import {
@@ -54,7 +54,7 @@ function maxDiff(a: Float32Array[], b: Float32Array[]): number {
 
 /** Runs the artifact's graph blob from its blobs dir, as a runtime would (shards are siblings). */
 async function runArtifact(out: string, manifestPath: string): Promise<Float32Array[]> {
-  const manifest = await decodeManifest(new Uint8Array(await readFile(manifestPath)), 'manifest');
+  const manifest = schema1(await decodeManifest(new Uint8Array(await readFile(manifestPath)), 'manifest'));
   return run(join(out, 'blobs', 'sha256', digestHex(manifest.graph.digest)));
 }
 

@@ -32,6 +32,8 @@ function cpuEngine(log: string[] = []): Engine {
       if (provider === 'cuda') throw new Error('no CUDA device in this test machine');
       const session = await ort.InferenceSession.create(graph, { executionProviders: ['cpu'], externalData, logSeverityLevel: 3 });
       return {
+        inputNames: session.inputNames,
+        outputNames: session.outputNames,
         async run(feeds) {
           const inputs = Object.fromEntries(Object.entries(feeds).map(([k, t]) => [k, new ort.Tensor('float32', t.data as Float32Array, t.dims)]));
           const out = await session.run(inputs);

@@ -132,7 +132,7 @@ describe('readLora', () => {
     const lora = readLora(bytes, 'l.safetensors');
     expect(lora.format).toBe('kohya');
     expect(lora.unrecognised).toEqual(['lora_unet_x.hada_w1_a']);
-    const mod = lora.modules.get('blocks_0_proj')!;
+    const mod = lora.modules.get('unet|blocks_0_proj')!;
     expect(mod.alpha).toBe(1);
     expect(Array.from(mod.down!.data)).toEqual(new Array(6).fill(0.5));
     expect(Array.from(mod.up!.data)).toEqual(new Array(8).fill(1));
@@ -144,8 +144,8 @@ describe('readLora', () => {
       'base_model.model.a.lora_A.weight': { dtype: 'F32', shape: [4, 2], data: new Float32Array(8) },
       'base_model.model.a.lora_B.weight': { dtype: 'F32', shape: [2, 4], data: new Float32Array(8) },
     });
-    expect(readLora(bytes, 'p', { lora_alpha: 8 }).modules.get('a')!.alpha).toBe(8);
-    expect(loraFactor(readLora(bytes, 'p', { lora_alpha: 8, use_rslora: true }).modules.get('a')!.alpha, 4)).toBeCloseTo(8 / Math.sqrt(4), 12);
-    expect(readLora(bytes, 'p').modules.get('a')!.alpha).toBeUndefined();
+    expect(readLora(bytes, 'p', { lora_alpha: 8 }).modules.get('*|a')!.alpha).toBe(8);
+    expect(loraFactor(readLora(bytes, 'p', { lora_alpha: 8, use_rslora: true }).modules.get('*|a')!.alpha, 4)).toBeCloseTo(8 / Math.sqrt(4), 12);
+    expect(readLora(bytes, 'p').modules.get('*|a')!.alpha).toBeUndefined();
   });
 });

@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import * as ort from 'onnxruntime-node';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { digestHex } from '../../common/digest.ts';
-import { decodeManifest } from '../../common/manifest.ts';
+import { decodeManifest, schema1 } from '../../common/manifest.ts';
 import { matchLora, parsePeftConfig, readLora } from '../../common/lora/index.ts';
 import { imageToRgba, sampleFeeds } from '../../common/sample-input.ts';
 import { build } from '../../tools/build/build.ts';
@@ -39,7 +39,7 @@ function meanAbsDiff(a: Float32Array, b: Float32Array): number {
 }
 
 async function builtGraph(out: string, manifestPath: string): Promise<string> {
-  const m = await decodeManifest(new Uint8Array(await readFile(manifestPath)), 'm');
+  const m = schema1(await decodeManifest(new Uint8Array(await readFile(manifestPath)), 'm'));
   return join(out, 'blobs', 'sha256', digestHex(m.graph.digest));
 }
 
@@ -86,7 +86,7 @@ describe('sample model', () => {
   it('a runtime can map each LoRA onto the tensor index of a clean artifact, as the build did', async () => {
     const s = join(dir, 'sample');
     const plain = await build({ base: join(s, 'model.onnx'), name: 'sample', out: join(dir, 'plain-index'), store: null });
-    const manifest = await decodeManifest(new Uint8Array(await readFile(plain.manifest)), 'm');
+    const manifest = schema1(await decodeManifest(new Uint8Array(await readFile(plain.manifest)), 'm'));
     const config = parsePeftConfig(JSON.parse(await readFile(join(s, 'cool.adapter_config.json'), 'utf8')), 'cool.adapter_config.json');
     for (const lora of ['warm', 'cool', 'detail']) {
       const bytes = new Uint8Array(await readFile(join(s, `${lora}.safetensors`)));

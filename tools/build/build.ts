@@ -14,18 +14,32 @@ import { canonicalJsonBytes } from '../../common/canonical-json.ts';
 import { type Digest, digestHex, sha256 } from '../../common/digest.ts';
 import { badInput, FuseloadError } from '../../common/errors.ts';
 import { applyLoraDelta } from '../../common/lora/delta.ts';
-import { matchLora } from '../../common/lora/match.ts';
+import { routeLora } from '../../common/lora/match.ts';
 import { bytesToF32, f32ToBytes, type FloatDtype } from '../../common/lora/dtype.ts';
 import type { LoraModule } from '../../common/lora/adapter.ts';
 import { isName } from '../../common/keys.ts';
-import { artifactBlobs, decodeManifest, encodeManifest, type Manifest, MANIFEST_SCHEMA, type TensorEntry } from '../../common/manifest.ts';
+import {
+  type AnyManifest,
+  artifactBlobs,
+  type Component,
+  componentEntries,
+  decodeManifest,
+  encodeManifest,
+  MANIFEST_SCHEMA,
+  PIPELINE_SCHEMA,
+  type PipelineKind,
+  pipelineView,
+  type Role,
+  type TensorEntry,
+} from '../../common/manifest.ts';
 import { DiskStore } from '../store/disk-store.ts';
 import { TOOL_VERSION } from '../version.ts';
 import { encodeModel, externalRef, inlineBytes, isExternal, ONNX_DTYPES, setExternal, type TensorProto } from '../onnx/model.ts';
 import { type BaseModel, type LoraInput, readBase, readLoraInput } from './inputs.ts';
 import { mergeWithOrt } from './merge-ort.ts';
 import { fetchInput, isRemote, type LocalCopy } from './remote.ts';
-import { findTargets, type WeightTarget } from './targets.ts';
+import { findTargets, unshareTargets, type WeightTarget } from './targets.ts';
+import { type PipelineAsset, readPipelineDir } from './pipeline-dir.ts';
 
 export const DEFAULT_SHARD_SIZE = 64 * 1024 * 1024;
 export const ALIGNMENT = 64;
@@ -59,8 +73,17 @@ export interface LoraReport {
   format: string;
   matched: number;
   unmatched: number;
+  /** Per component: keys that landed there and keys routed there that matched nothing. */
+  components: Partial<Record<Role, { matched: number; unmatched: number }>>;
   matchedKeys: string[];
   unmatchedKeys: string[];
+}
+
+export interface ComponentReport {
+  graph: { digest: Digest; size: number };
+  shards: number;
+  bytes: number;
+  mergedTensors: number;
 }
 
 export interface BuildReport {
@@ -68,17 +91,31 @@ export interface BuildReport {
   /** Path of the manifest file in --out. */
   manifest: string;
   name: string;
+  /** `fuseload.artifact/1` for a single .onnx, `fuseload.pipeline/2` for a diffusers directory. */
+  schema: string;
+  kind: PipelineKind;
   cached: boolean;
+  /** The one graph (schema 1), or the denoiser's (schema 2). */
   graph: { digest: Digest; size: number };
   shards: number;
   bytes: number;
   mergedTensors: number;
+  components: Partial<Record<Role, ComponentReport>>;
+  assets: string[];
   loras: LoraReport[];
 }
 
 interface Application {
   lora: LoraInput;
   module: LoraModule;
+}
+
+/** One graph to write: its base and what each LoRA does to it. */
+interface ComponentPlan {
+  role: Role;
+  base: BaseModel;
+  targets: Map<string, WeightTarget>;
+  applications: Map<string, Application[]>;
 }
 
 export async function build(options: BuildOptions): Promise<BuildReport> {
@@ -92,6 +129,7 @@ export async function build(options: BuildOptions): Promise<BuildReport> {
 
   // Remote inputs are fetched into temp dirs first; the build reads only local files.
   const fetched: LocalCopy[] = [];
+  const bases: BaseModel[] = [];
   try {
     let basePath = resolve(options.base);
     let baseSource: string | undefined;
@@ -113,20 +151,34 @@ export async function build(options: BuildOptions): Promise<BuildReport> {
     }
 
     // 1. Inputs, all validated before anything is written.
-    const base = await readBase(basePath, (n) => progress({ phase: 'hash', loaded: n, total: 0 }));
-    if (baseSource) base.source = baseSource;
-    try {
-      return await buildFrom(base, loraPaths, options, out, shardSize, store, progress);
-    } finally {
-      await base.cancel();
+    const onHash = (n: number) => progress({ phase: 'hash', loaded: n, total: 0 });
+    let input: BuildInput;
+    if (await isDirectory(basePath)) {
+      const dir = await readPipelineDir(basePath, onHash, bases);
+      input = { schema: PIPELINE_SCHEMA, kind: dir.kind, components: dir.components, assets: dir.assets, ignored: dir.ignored };
+    } else {
+      const base = await readBase(basePath, onHash);
+      bases.push(base);
+      if (baseSource) base.source = baseSource;
+      input = { schema: MANIFEST_SCHEMA, kind: 'graph', components: [{ role: 'model', base }], assets: new Map(), ignored: [] };
     }
+    return await buildFrom(input, loraPaths, options, out, shardSize, store, progress);
   } finally {
+    for (const base of bases) await base.cancel();
     for (const copy of fetched) await copy.dispose();
   }
 }
 
+interface BuildInput {
+  schema: typeof MANIFEST_SCHEMA | typeof PIPELINE_SCHEMA;
+  kind: PipelineKind;
+  components: { role: Role; base: BaseModel }[];
+  assets: Map<string, PipelineAsset>;
+  ignored: string[];
+}
+
 async function buildFrom(
-  base: BaseModel,
+  input: BuildInput,
   loraPaths: { path: string; scale: number; source?: string }[],
   options: BuildOptions,
   out: string,
@@ -143,69 +195,97 @@ async function buildFrom(
   // Order-independence: LoRAs are applied and recorded in (digest, scale) order.
   loras.sort((a, b) => (a.digest < b.digest ? -1 : a.digest > b.digest ? 1 : a.scale - b.scale));
 
-  const graph = base.model.graph!;
-  const targets = findTargets(graph);
-  const inits = new Map((graph.initializer ?? []).map((t) => [t.name!, t]));
-  const entries = [...targets.values()].map((t) => ({ name: t.initializer, module: t.module, layout: t.layout, shape: inits.get(t.initializer)!.dims ?? [] }));
-  const applications = new Map<string, Application[]>();
+  const plans: ComponentPlan[] = input.components.map(({ role, base }) => {
+    const graph = base.model.graph!;
+    // Every module gets its own weight before anything is matched (targets.ts says why).
+    unshareTargets(graph, (from, name) => {
+      if (isExternal(from)) base.refs.set(name, base.refs.get(from.name!) ?? externalRef(from, base.source));
+      return { ...from, name };
+    });
+    return { role, base, targets: findTargets(graph), applications: new Map() };
+  });
+  const entriesOf = new Map<Role, { name: string; module: string; layout: WeightTarget['layout']; shape: number[] }[]>();
+  for (const plan of plans) {
+    const inits = new Map((plan.base.model.graph!.initializer ?? []).map((t) => [t.name!, t]));
+    entriesOf.set(plan.role, [...plan.targets.values()].map((t) => ({ name: t.initializer, module: t.module, layout: t.layout, shape: inits.get(t.initializer)!.dims ?? [] })));
+  }
   const reports: LoraReport[] = [];
   for (const lora of loras) {
-    const { applications: found, matchedKeys, unmatchedKeys } = matchLora(lora.adapter, entries, lora.source);
-    for (const { target, module } of found) {
-      const init = inits.get(target.name)!;
-      const dtype = ONNX_DTYPES[init.dataType ?? 0]?.dtype;
-      if (dtype !== 'float32' && dtype !== 'float16' && dtype !== 'bfloat16') {
-        throw new FuseloadError('unsupported', `${base.source}: weight "${target.name}" targeted by ${lora.source} is ${dtype ?? `data type ${init.dataType}`}, not fp32/fp16/bf16`);
+    const routed = routeLora(lora.adapter, entriesOf, lora.source);
+    const components: LoraReport['components'] = {};
+    for (const plan of plans) {
+      const found = routed.components.get(plan.role)!;
+      const inits = new Map((plan.base.model.graph!.initializer ?? []).map((t) => [t.name!, t]));
+      for (const { target, module } of found.applications) {
+        const init = inits.get(target.name)!;
+        const dtype = ONNX_DTYPES[init.dataType ?? 0]?.dtype;
+        if (dtype !== 'float32' && dtype !== 'float16' && dtype !== 'bfloat16') {
+          throw new FuseloadError('unsupported', `${plan.base.source}: weight "${target.name}" targeted by ${lora.source} is ${dtype ?? `data type ${init.dataType}`}, not fp32/fp16/bf16`);
+        }
+        const list = plan.applications.get(target.name) ?? [];
+        list.push({ lora, module });
+        plan.applications.set(target.name, list);
       }
-      const list = applications.get(target.name) ?? [];
-      list.push({ lora, module });
-      applications.set(target.name, list);
+      if (found.matchedKeys.length || found.unmatchedKeys.length) components[plan.role] = { matched: found.matchedKeys.length, unmatched: found.unmatchedKeys.length };
     }
-    if (options.strict && unmatchedKeys.length) {
-      throw badInput(lora.source, `${unmatchedKeys.length} key(s) match no weight in ${base.source} (--strict), first "${unmatchedKeys[0]}"`);
+    if (options.strict && routed.unmatchedKeys.length) {
+      const missing = routed.missing[0];
+      if (missing) throw badInput(lora.source, `key "${missing.key}" is for ${missing.component}, which ${input.schema === PIPELINE_SCHEMA ? 'the pipeline does not have' : 'a single graph is not'} (--strict)`);
+      throw badInput(lora.source, `${routed.unmatchedKeys.length} key(s) match no weight in ${input.components.map((c) => c.base.source).join(', ')} (--strict), first "${routed.unmatchedKeys[0]}"`);
     }
     reports.push({
       source: lora.source,
       digest: lora.digest,
       scale: lora.scale,
       format: lora.adapter.format,
-      matched: matchedKeys.length,
-      unmatched: unmatchedKeys.length,
-      matchedKeys,
-      unmatchedKeys,
+      matched: routed.matchedKeys.length,
+      unmatched: routed.unmatchedKeys.length,
+      components,
+      matchedKeys: routed.matchedKeys,
+      unmatchedKeys: routed.unmatchedKeys,
     });
   }
 
   // 2. Write into a temp dir beside --out (renamed at the end, removed on any failure) while
-  //    the base's external data is still being hashed; then consult the build cache, which
-  //    needs that digest: same inputs and options → the same artifact, verified before reuse.
+  //    the bases' external data is still being hashed; then consult the build cache, which
+  //    needs those digests: same inputs and options → the same artifact, verified before reuse.
   const temp = join(dirname(out), `.${basename(out)}.fuseload-${randomBytes(6).toString('hex')}`);
   const blobDir = join(temp, 'blobs', 'sha256');
   let aborted = false;
   let pending: Promise<unknown> | undefined;
   try {
     await mkdir(blobDir, { recursive: true });
-    const writing = writeArtifact({
-      base,
-      loras,
-      reports,
-      applications,
-      targets,
-      shardSize,
-      blobDir,
-      name: options.name,
-      strict: !!options.strict,
-      ortMergeMinElements: options.ortMergeMinElements ?? 1 << 20,
-      progress,
-      aborted: () => aborted,
-    });
+    const total = plans.reduce((n, p) => n + weightBytes(p), 0);
+    let done = 0;
+    const writing = (async () => {
+      const written: { role: Role; component: Component; bytes: number; mergedTensors: number }[] = [];
+      for (const plan of plans) {
+        const offset = done;
+        const result = await writeComponent({
+          ...plan,
+          shardSize,
+          blobDir,
+          ortMergeMinElements: options.ortMergeMinElements ?? 1 << 20,
+          progress: (p) => progress({ ...p, loaded: offset + p.loaded, total }),
+          aborted: () => aborted,
+        });
+        done += result.bytes;
+        written.push({ role: plan.role, ...result });
+      }
+      // LoRA files and assets travel with the artifact (overlays and tokenizers read them).
+      for (const l of loras) await writeFile(join(blobDir, digestHex(l.digest)), l.bytes);
+      for (const a of input.assets.values()) await writeFile(join(blobDir, digestHex(a.digest)), a.bytes);
+      return written;
+    })();
     pending = writing.catch(() => {});
-    const baseDigest = await base.digest;
+    const baseDigests = await Promise.all(plans.map(async (p) => ({ role: p.role, digest: await p.base.digest, source: p.base.source })));
     const cacheKey = await sha256(
       canonicalJsonBytes({
         tool: TOOL_VERSION,
+        schema: input.schema,
         name: options.name,
-        base: { digest: baseDigest, source: base.source },
+        base: input.schema === MANIFEST_SCHEMA ? { digest: baseDigests[0].digest, source: baseDigests[0].source } : baseDigests,
+        assets: [...input.assets].map(([path, a]) => [path, a.digest]),
         loras: loras.map((l) => ({ digest: l.digest, scale: l.scale, source: l.source, config: l.config ?? null })),
         shardSize,
         strict: !!options.strict,
@@ -218,24 +298,49 @@ async function buildFrom(
         return { ...hit, cached: true, loras: reports };
       }
     }
-    const { manifest, bytes, mergedTensors } = await writing;
+    const written = await writing;
+    const buildInfo = { tool: 'fuseload' as const, version: TOOL_VERSION, shardSize, alignment: ALIGNMENT, strict: !!options.strict };
+    let manifest: AnyManifest;
+    if (input.schema === MANIFEST_SCHEMA) {
+      const c = written[0].component;
+      manifest = {
+        schema: MANIFEST_SCHEMA,
+        name: options.name,
+        graph: c.graph,
+        shards: c.shards,
+        base: c.base,
+        loras: reports.map((r) => ({ digest: r.digest, scale: r.scale, matched: r.matched, unmatched: r.unmatched, format: r.format as 'kohya', source: r.source })),
+        tensors: c.tensors,
+        build: buildInfo,
+      };
+    } else {
+      manifest = {
+        schema: PIPELINE_SCHEMA,
+        name: options.name,
+        kind: input.kind,
+        components: Object.fromEntries(written.map((w) => [w.role, w.component])),
+        assets: Object.fromEntries([...input.assets].map(([path, a]) => [path, { digest: a.digest, size: a.bytes.length }])),
+        loras: reports.map((r) => ({
+          digest: r.digest,
+          size: loras.find((l) => l.digest === r.digest)!.bytes.length,
+          scale: r.scale,
+          matched: r.matched,
+          unmatched: r.unmatched,
+          components: r.components,
+          format: r.format as 'kohya',
+          source: r.source,
+        })),
+        build: buildInfo,
+      };
+    }
     const encoded = await encodeManifest(manifest);
     const manifestRel = join('manifests', 'sha256', `${digestHex(encoded.fingerprint)}.json`);
     await mkdir(join(temp, 'manifests', 'sha256'), { recursive: true });
     await writeFile(join(temp, manifestRel), encoded.bytes);
     await moveInto(temp, out);
-    if (store) await toCache(store, cacheKey, out, manifest, encoded.fingerprint, encoded.bytes, progress);
-    return {
-      fingerprint: encoded.fingerprint,
-      manifest: join(out, manifestRel),
-      name: options.name,
-      cached: false,
-      graph: manifest.graph,
-      shards: manifest.shards.length,
-      bytes,
-      mergedTensors,
-      loras: reports,
-    };
+    const mergedTensors = written.reduce((n, w) => n + w.mergedTensors, 0);
+    if (store) await toCache(store, cacheKey, out, manifest, encoded.fingerprint, encoded.bytes, { mergedTensors: Object.fromEntries(written.map((w) => [w.role, w.mergedTensors])) }, progress);
+    return reportOf(manifest, encoded.fingerprint, join(out, manifestRel), Object.fromEntries(written.map((w) => [w.role, w.mergedTensors])), reports);
   } finally {
     aborted = true;
     await pending; // never remove the temp dir under a write still in flight
@@ -243,16 +348,52 @@ async function buildFrom(
   }
 }
 
-interface WriteInput {
-  base: BaseModel;
-  loras: LoraInput[];
-  reports: LoraReport[];
-  applications: Map<string, Application[]>;
-  targets: Map<string, WeightTarget>;
+/** The report of a build, the same whether it was built now or found in the cache. */
+function reportOf(manifest: AnyManifest, fingerprint: Digest, manifestPath: string, merged: Partial<Record<Role, number>>, loras: LoraReport[], cached = false): BuildReport {
+  const view = pipelineView(manifest);
+  const components: BuildReport['components'] = {};
+  for (const [role, c] of componentEntries(view)) {
+    components[role] = { graph: c.graph, shards: c.shards.length, bytes: c.tensors.reduce((a, t) => a + t.length, 0), mergedTensors: merged[role] ?? 0 };
+  }
+  const main = view.components.model ?? view.components.unet ?? view.components.transformer ?? componentEntries(view)[0][1];
+  const all = Object.values(components);
+  return {
+    fingerprint,
+    manifest: manifestPath,
+    name: manifest.name,
+    schema: manifest.schema,
+    kind: view.kind,
+    cached,
+    graph: main.graph,
+    shards: all.reduce((n, c) => n + c!.shards, 0),
+    bytes: all.reduce((n, c) => n + c!.bytes, 0),
+    mergedTensors: all.reduce((n, c) => n + c!.mergedTensors, 0),
+    components,
+    assets: Object.keys(view.assets).sort(),
+    loras,
+  };
+}
+
+function weightBytes(plan: ComponentPlan): number {
+  let n = 0;
+  for (const t of plan.base.model.graph!.initializer ?? []) {
+    const info = ONNX_DTYPES[t.dataType ?? 0];
+    if (info) n += (t.dims ?? []).reduce((a, b) => a * b, 1) * info.size;
+  }
+  return n;
+}
+
+async function isDirectory(path: string): Promise<boolean> {
+  try {
+    return (await stat(path)).isDirectory();
+  } catch {
+    return false;
+  }
+}
+
+interface WriteInput extends ComponentPlan {
   shardSize: number;
   blobDir: string;
-  name: string;
-  strict: boolean;
   ortMergeMinElements: number;
   progress: (p: BuildProgress) => void;
   /** True once the result is not wanted (a cache hit, or a failure elsewhere). */
@@ -266,7 +407,8 @@ interface PlannedTensor {
   length: number;
 }
 
-async function writeArtifact(w: WriteInput): Promise<{ manifest: Manifest; bytes: number; mergedTensors: number }> {
+/** One component's shards (written as blobs) and graph blob, and its part of the manifest. */
+async function writeComponent(w: WriteInput): Promise<{ component: Component; bytes: number; mergedTensors: number }> {
   const { base, targets, shardSize } = w;
   const input = base.source;
   const graph = base.model.graph!;
@@ -336,7 +478,7 @@ async function writeArtifact(w: WriteInput): Promise<{ manifest: Manifest; bytes
     let ahead: Promise<Uint8Array> | undefined;
     let i = 0;
     for (let s = 0; s < shardCount; s++) {
-      const tempPath = join(w.blobDir, `.shard-${s}`);
+      const tempPath = join(w.blobDir, `.shard-${w.role}-${s}`);
       const fh = await open(tempPath, 'w');
       const hash = createHash('sha256');
       let size = 0;
@@ -388,20 +530,13 @@ async function writeArtifact(w: WriteInput): Promise<{ manifest: Manifest; bytes
     const graphBytes = encodeModel(base.model);
     const graphDigest = await sha256(graphBytes);
     await writeFile(join(w.blobDir, digestHex(graphDigest)), graphBytes);
-    // LoRA files travel with the artifact so runtimes can overlay them at load time.
-    for (const l of w.loras) await writeFile(join(w.blobDir, digestHex(l.digest)), l.bytes);
-
-    const manifest: Manifest = {
-      schema: MANIFEST_SCHEMA,
-      name: w.name,
+    const component: Component = {
       graph: { digest: graphDigest, size: graphBytes.length },
       shards,
       base: { digest: await base.digest, source: base.source },
-      loras: w.reports.map((r) => ({ digest: r.digest, scale: r.scale, matched: r.matched, unmatched: r.unmatched, format: r.format as 'kohya', source: r.source })),
       tensors,
-      build: { tool: 'fuseload', version: TOOL_VERSION, shardSize, alignment: ALIGNMENT, strict: w.strict },
     };
-    return { manifest, bytes: total, mergedTensors };
+    return { component, bytes: total, mergedTensors };
   } finally {
     for (const fh of files.values()) await fh.close();
   }
@@ -471,8 +606,14 @@ async function moveInto(temp: string, out: string): Promise<void> {
 }
 
 /** Store layout for the cache: blobs and manifests as everywhere, plus builds/<key>.json. */
+interface CacheRecord {
+  fingerprint: Digest;
+  /** Per component, so a hit reports what the cold build did. */
+  mergedTensors?: Partial<Record<Role, number>>;
+}
+
 async function fromCache(store: DiskStore, key: Digest, out: string): Promise<Omit<BuildReport, 'cached' | 'loras'> | null> {
-  let record: { fingerprint: Digest };
+  let record: CacheRecord;
   let manifestBytes: Uint8Array;
   try {
     record = JSON.parse(await readFile(join(store.root, 'builds', `${digestHex(key)}.json`), 'utf8'));
@@ -480,7 +621,7 @@ async function fromCache(store: DiskStore, key: Digest, out: string): Promise<Om
   } catch {
     return null;
   }
-  let manifest: Manifest;
+  let manifest: AnyManifest;
   try {
     manifest = await decodeManifest(manifestBytes, 'cached manifest', record.fingerprint);
   } catch {
@@ -496,21 +637,23 @@ async function fromCache(store: DiskStore, key: Digest, out: string): Promise<Om
     const rel = join('manifests', 'sha256', `${digestHex(record.fingerprint)}.json`);
     await writeFile(join(temp, rel), manifestBytes);
     await moveInto(temp, out);
-    return {
-      fingerprint: record.fingerprint,
-      manifest: join(out, rel),
-      name: manifest.name,
-      graph: manifest.graph,
-      shards: manifest.shards.length,
-      bytes: manifest.tensors.reduce((a, t) => a + t.length, 0),
-      mergedTensors: 0,
-    };
+    const { cached: _, loras: __, ...report } = reportOf(manifest, record.fingerprint, join(out, rel), record.mergedTensors ?? {}, []);
+    return report;
   } finally {
     await rm(temp, { recursive: true, force: true });
   }
 }
 
-async function toCache(store: DiskStore, key: Digest, out: string, manifest: Manifest, fingerprint: Digest, manifestBytes: Uint8Array, progress: (p: BuildProgress) => void): Promise<void> {
+async function toCache(
+  store: DiskStore,
+  key: Digest,
+  out: string,
+  manifest: AnyManifest,
+  fingerprint: Digest,
+  manifestBytes: Uint8Array,
+  extra: Omit<CacheRecord, 'fingerprint'>,
+  progress: (p: BuildProgress) => void,
+): Promise<void> {
   const blobs = artifactBlobs(manifest).map((b) => b.digest);
   let done = 0;
   for (const digest of blobs) {
@@ -527,5 +670,5 @@ async function toCache(store: DiskStore, key: Digest, out: string, manifest: Man
     progress({ phase: 'store', loaded: ++done, total: blobs.length });
   }
   await store.writeAtomic(join(store.root, 'manifests', 'sha256', `${digestHex(fingerprint)}.json`), manifestBytes);
-  await store.writeAtomic(join(store.root, 'builds', `${digestHex(key)}.json`), canonicalJsonBytes({ fingerprint }));
+  await store.writeAtomic(join(store.root, 'builds', `${digestHex(key)}.json`), canonicalJsonBytes({ fingerprint, ...extra }));
 }

@@ -1,9 +1,10 @@
 import type { Command } from 'commander';
-import { readFile } from 'node:fs/promises';
+import { readFile, stat } from 'node:fs/promises';
 import { basename } from 'node:path';
 import { badInput } from '../../common/errors.ts';
 import { readLora } from '../../common/lora/adapter.ts';
-import { decodeManifest } from '../../common/manifest.ts';
+import { componentEntries, decodeManifest, MANIFEST_SCHEMA } from '../../common/manifest.ts';
+import { readPipelineDir } from '../build/pipeline-dir.ts';
 import { parseSafetensors } from '../../common/safetensors.ts';
 import { findTargets } from '../build/targets.ts';
 import { decodeModel, isExternal, ONNX_DTYPES } from '../onnx/model.ts';
@@ -11,19 +12,38 @@ import { decodeModel, isExternal, ONNX_DTYPES } from '../onnx/model.ts';
 /** A summary of an ONNX model, a LoRA file or a manifest, as a plain object. */
 export async function inspectFile(path: string): Promise<Record<string, unknown>> {
   const input = basename(path);
+  if (await isDirectory(path)) return inspectPipelineDir(path);
   const bytes = new Uint8Array(await readFile(path));
   if (path.endsWith('.json') || bytes[0] === 0x7b) {
     const m = await decodeManifest(bytes, input);
+    if (m.schema === MANIFEST_SCHEMA) {
+      return {
+        kind: 'manifest',
+        schema: m.schema,
+        name: m.name,
+        graph: m.graph,
+        shards: m.shards.length,
+        bytes: m.shards.reduce((a, s) => a + s.size, 0),
+        base: m.base,
+        loras: m.loras,
+        tensors: m.tensors.length,
+        modules: m.tensors.filter((t) => t.module).map((t) => `${t.module} (${t.layout} ${t.dtype} [${t.shape.join(',')}])`),
+        build: m.build,
+      };
+    }
     return {
       kind: 'manifest',
+      schema: m.schema,
       name: m.name,
-      graph: m.graph,
-      shards: m.shards.length,
-      bytes: m.shards.reduce((a, s) => a + s.size, 0),
-      base: m.base,
+      pipeline: m.kind,
+      components: Object.fromEntries(
+        componentEntries(m).map(([role, c]) => [
+          role,
+          { graph: c.graph.digest, shards: c.shards.length, bytes: c.shards.reduce((a, s) => a + s.size, 0), tensors: c.tensors.length, targets: c.tensors.filter((t) => t.module).length, base: c.base.source },
+        ]),
+      ),
+      assets: Object.keys(m.assets).sort(),
       loras: m.loras,
-      tensors: m.tensors.length,
-      modules: m.tensors.filter((t) => t.module).map((t) => `${t.module} (${t.layout} ${t.dtype} [${t.shape.join(',')}])`),
       build: m.build,
     };
   }
@@ -35,7 +55,9 @@ export async function inspectFile(path: string): Promise<Record<string, unknown>
       tensors: header.tensors.length,
       metadata: header.metadata,
       format: lora.format,
-      modules: [...lora.modules.values()].map((m) => ({ module: m.module, rank: m.down?.shape[0], alpha: m.alpha, up: m.up?.shape, down: m.down?.shape })),
+      // Which component each module's keys route to (DESIGN.md, "Pipelines"); "any" when its keys name none.
+      components: countBy([...lora.modules.values()].map((m) => m.component ?? 'any')),
+      modules: [...lora.modules.values()].map((m) => ({ component: m.component ?? 'any', module: m.module, rank: m.down?.shape[0], alpha: m.alpha, up: m.up?.shape, down: m.down?.shape })),
       unrecognised: lora.unrecognised,
     };
   }
@@ -60,11 +82,57 @@ export async function inspectFile(path: string): Promise<Record<string, unknown>
   throw badInput(input, 'is empty');
 }
 
+async function isDirectory(path: string): Promise<boolean> {
+  try {
+    return (await stat(path)).isDirectory();
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') throw badInput(path, 'no such file or directory');
+    throw e;
+  }
+}
+
+function countBy(values: string[]): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const v of values) out[v] = (out[v] ?? 0) + 1;
+  return out;
+}
+
+/** A diffusers ONNX directory: its components (inputs, outputs, LoRA targets) and assets. */
+async function inspectPipelineDir(dir: string): Promise<Record<string, unknown>> {
+  const bases: Awaited<ReturnType<typeof readPipelineDir>>['components'][number]['base'][] = [];
+  try {
+    const p = await readPipelineDir(dir, () => {}, bases);
+    return {
+      kind: 'pipeline directory',
+      pipeline: p.kind,
+      components: Object.fromEntries(
+        p.components.map(({ role, base }) => {
+          const graph = base.model.graph!;
+          return [
+            role,
+            {
+              inputs: (graph.input ?? []).map((i) => i.name),
+              outputs: (graph.output ?? []).map((o) => o.name),
+              initializers: graph.initializer?.length ?? 0,
+              external: [...base.external.keys()],
+              loraTargets: findTargets(graph).size,
+            },
+          ];
+        }),
+      ),
+      assets: [...p.assets.keys()],
+      ignored: p.ignored,
+    };
+  } finally {
+    for (const b of bases) await b.cancel();
+  }
+}
+
 export function register(program: Command): void {
   program
     .command('inspect')
-    .description('summarise an ONNX model, a LoRA safetensors file or an artifact manifest')
-    .argument('<file>', 'model.onnx, lora.safetensors or manifest .json')
+    .description('summarise an ONNX model, a diffusers ONNX directory, a LoRA safetensors file or an artifact manifest')
+    .argument('<file>', 'model.onnx, a pipeline directory, lora.safetensors or manifest .json')
     .option('--json', 'print JSON', false)
     .action(async (file: string, opts: { json: boolean }) => {
       const summary = await inspectFile(file);

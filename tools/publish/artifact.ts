@@ -9,12 +9,12 @@ import { readdir, readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { type Digest, digestHex, isHex } from '../../common/digest.ts';
 import { FuseloadError, badInput } from '../../common/errors.ts';
-import { type Manifest, decodeManifest, manifestBlobs } from '../../common/manifest.ts';
+import { type AnyManifest, decodeManifest, manifestBlobs } from '../../common/manifest.ts';
 
 export interface LocalManifest {
   fingerprint: Digest;
   bytes: Uint8Array;
-  manifest: Manifest;
+  manifest: AnyManifest;
 }
 
 export interface LocalBlob {

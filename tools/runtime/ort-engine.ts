@@ -126,7 +126,23 @@ export class OrtNodeEngine implements FileEngine {
 }
 
 class OrtNodeSession implements EngineSession {
-  constructor(readonly session: ort.InferenceSession) {}
+  readonly inputNames: readonly string[];
+  readonly outputNames: readonly string[];
+  readonly inputTypes: Readonly<Record<string, string>>;
+  readonly inputDims: Readonly<Record<string, readonly (number | string)[]>>;
+  constructor(readonly session: ort.InferenceSession) {
+    this.inputNames = [...session.inputNames];
+    this.outputNames = [...session.outputNames];
+    const types: Record<string, string> = {};
+    const dims: Record<string, readonly (number | string)[]> = {};
+    for (const m of session.inputMetadata ?? []) {
+      if (!m.isTensor) continue;
+      types[m.name] = m.type;
+      dims[m.name] = m.shape;
+    }
+    this.inputTypes = types;
+    this.inputDims = dims;
+  }
 
   async run(feeds: Feeds): Promise<Feeds> {
     const inputs: Record<string, ort.Tensor> = {};

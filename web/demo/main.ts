@@ -12,6 +12,7 @@
  * link shows the same image.
  */
 import { imageToRgba, sampleFeeds } from '../../common/sample-input.ts';
+import { manifestBlobs } from '../../common/manifest.ts';
 import { cacheInfo, clearCache, type Device, loadPipeline, type LoraOverlay, type Pipeline, type PipelineInfo, type ProgressEvent, webgpuAdapter } from '../index.ts';
 import type { DemoCatalog, DemoLora } from './catalog.ts';
 
@@ -263,7 +264,7 @@ function showInfo(info: PipelineInfo, sizes: Map<string, number>, ms: { load: nu
   ui.fingerprint.textContent = info.fingerprint;
 
   // Sizes: the manifest's for graph and shards, the catalog's for LoRA files, progress events' for the rest.
-  for (const ref of [info.manifest.graph, ...info.manifest.shards]) sizes.set(ref.digest, ref.size);
+  for (const ref of manifestBlobs(info.manifest)) sizes.set(ref.digest, ref.size);
   for (const lora of catalog.loras) sizes.set(lora.digest, lora.size);
   const by = { memory: { blobs: 0, bytes: 0 }, store: { blobs: 0, bytes: 0 }, network: { blobs: 0, bytes: 0 } };
   for (const [digest, source] of Object.entries(info.sources)) {
