@@ -64,6 +64,8 @@ export interface BuildOptions {
   onProgress?: (p: BuildProgress) => void;
   /** Tensors with at least this many elements merge on onnxruntime's CPU kernels (default 2^20). */
   ortMergeMinElements?: number;
+  /** An .onnx larger than this is read without its inline weights (inputs.ts STREAM_ABOVE). */
+  streamInlineAbove?: number;
 }
 
 export interface LoraReport {
@@ -154,10 +156,10 @@ export async function build(options: BuildOptions): Promise<BuildReport> {
     const onHash = (n: number) => progress({ phase: 'hash', loaded: n, total: 0 });
     let input: BuildInput;
     if (await isDirectory(basePath)) {
-      const dir = await readPipelineDir(basePath, onHash, bases);
+      const dir = await readPipelineDir(basePath, onHash, bases, options.streamInlineAbove);
       input = { schema: PIPELINE_SCHEMA, kind: dir.kind, components: dir.components, assets: dir.assets, ignored: dir.ignored };
     } else {
-      const base = await readBase(basePath, onHash);
+      const base = await readBase(basePath, onHash, { streamAbove: options.streamInlineAbove });
       bases.push(base);
       if (baseSource) base.source = baseSource;
       input = { schema: MANIFEST_SCHEMA, kind: 'graph', components: [{ role: 'model', base }], assets: new Map(), ignored: [] };

@@ -3,14 +3,20 @@
  * their digests. Everything that can be wrong with an input is found here, before a byte
  * is written anywhere.
  */
-import { readFile, stat } from 'node:fs/promises';
+import { open, readFile, stat } from 'node:fs/promises';
 import { basename, dirname, isAbsolute, join, normalize } from 'node:path';
 import { canonicalJsonBytes } from '../../common/canonical-json.ts';
 import { type Digest, sha256 } from '../../common/digest.ts';
 import { badInput } from '../../common/errors.ts';
 import { type LoraAdapter, type PeftConfig, parsePeftConfig, readLora } from '../../common/lora/adapter.ts';
 import { type FileHashing, hashFilesInWorker } from './hash-worker.ts';
-import { decodeModel, type ExternalRef, externalRef, isExternal, type ModelProto } from '../onnx/model.ts';
+import { decodeModel, EXTERNAL, type ExternalRef, externalRef, isExternal, type ModelProto } from '../onnx/model.ts';
+import { readSkeleton } from '../onnx/skeleton.ts';
+
+/** An .onnx larger than this is read without its inline weights (default 32 MiB). */
+export const STREAM_ABOVE = 32 * 1024 * 1024;
+/** The `location` inline weights get while a build reads them from the .onnx itself (never written out). */
+const SELF_LOCATION = '\u0000self';
 
 export interface BaseModel {
   path: string;
@@ -26,7 +32,7 @@ export interface BaseModel {
   refs: Map<string, ExternalRef>;
 }
 
-async function fileSize(path: string, input: string): Promise<number> {
+export async function fileSize(path: string, input: string): Promise<number> {
   try {
     const s = await stat(path);
     if (!s.isFile()) throw badInput(input, 'is not a file');
@@ -41,14 +47,50 @@ async function fileSize(path: string, input: string): Promise<number> {
  * base.digest: sha256 of the .onnx bytes; with external data, sha256 of the canonical JSON
  * `{"external":[<digest of each external file, first-use order>],"graph":<digest of .onnx>}`.
  */
-export async function readBase(path: string, onHash?: (bytes: number) => void): Promise<BaseModel> {
+export async function readBase(path: string, onHash?: (bytes: number) => void, options: { streamAbove?: number } = {}): Promise<BaseModel> {
   const input = basename(path);
-  await fileSize(path, path);
+  const size = await fileSize(path, path);
+  const external = new Map<string, { path: string; size: number }>();
+  const refs = new Map<string, ExternalRef>();
+  // A large .onnx holds its weights inline: read its structure only, and treat each
+  // initializer's raw_data as external data in the .onnx itself (tools/onnx/skeleton.ts), so
+  // peak memory stays at one tensor whatever the model's size.
+  if (size > (options.streamAbove ?? STREAM_ABOVE)) {
+    const fh = await open(path, 'r');
+    let skeleton;
+    try {
+      skeleton = await readSkeleton(fh, size, input);
+    } finally {
+      await fh.close();
+    }
+    const model = decodeModel(skeleton.bytes, input);
+    const location = SELF_LOCATION;
+    external.set(location, { path, size });
+    (model.graph!.initializer ?? []).forEach((t, i) => {
+      const span = skeleton.spans[i];
+      if (!span) return;
+      delete t.rawData;
+      t.dataLocation = EXTERNAL;
+      t.externalData = [
+        { key: 'location', value: location },
+        { key: 'offset', value: String(span.offset) },
+        { key: 'length', value: String(span.length) },
+      ];
+      refs.set(t.name!, externalRef(t, input));
+    });
+    for (const t of model.graph!.initializer ?? []) {
+      if (!isExternal(t) || refs.has(t.name!)) continue;
+      throw badInput(input, `initializer "${t.name}" has external data besides inline weights; fuseload reads one or the other`);
+    }
+    // The digest is the .onnx file's, as when it is read whole; hashed on a worker thread.
+    const hashing = hashFilesInWorker([path], onHash);
+    const digest = hashing.digests.then((d) => d[0]);
+    digest.catch(() => {});
+    return { path, source: input, digest, cancel: async () => hashing.cancel(), model, external, refs };
+  }
   const bytes = await readFile(path);
   const model = decodeModel(bytes, input);
   const graphDigest = await sha256(bytes);
-  const external = new Map<string, { path: string; size: number }>();
-  const refs = new Map<string, ExternalRef>();
   for (const t of model.graph!.initializer ?? []) {
     if (!isExternal(t)) continue;
     const ref = externalRef(t, input);

@@ -34,7 +34,7 @@ const MAX_ASSET_BYTES = 32 * 1024 * 1024;
  * Reads and validates the whole directory before anything is written. Each component's base is
  * pushed onto `bases` as soon as it is open, so the caller can stop its hashing on any failure.
  */
-export async function readPipelineDir(dir: string, onHash: (bytes: number) => void, bases: BaseModel[]): Promise<PipelineDir> {
+export async function readPipelineDir(dir: string, onHash: (bytes: number) => void, bases: BaseModel[], streamAbove?: number): Promise<PipelineDir> {
   const indexPath = join(dir, 'model_index.json');
   let indexBytes: Uint8Array;
   try {
@@ -73,7 +73,7 @@ export async function readPipelineDir(dir: string, onHash: (bytes: number) => vo
       const role = key as Role;
       const model = join(dir, key, 'model.onnx');
       if (!(await isFile(model))) throw badInput(indexPath, `names component "${key}", but ${key}/model.onnx is missing`);
-      const base = await readBase(model, onHash);
+      const base = await readBase(model, onHash, { streamAbove });
       base.source = `${key}/model.onnx`;
       bases.push(base);
       components.push({ role, base });
