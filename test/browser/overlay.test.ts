@@ -78,7 +78,7 @@ describe('load-time overlays on WebGPU', () => {
     const page = await openPage();
     for (const c of [CASES[0], CASES[3]]) {
       const want = await mergedLoad(page, c.name);
-      const got = await load(page, { memoryStore: true, overlayOrtMinElements: 0, loras: fx.overlays(c) });
+      const got = await load(page, { device: 'webgpu', memoryStore: true, overlayOrtMinElements: 0, loras: fx.overlays(c) });
       expect(got.warnings).toEqual([]);
       expect(maxAbsDiff(got.output.data, want.output.data), c.name).toBeLessThan(TOLERANCE);
     }

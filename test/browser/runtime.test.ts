@@ -98,10 +98,21 @@ describe('browser runtime in Chromium', () => {
     expect(typeof (await page.evaluate(() => window.harness.persist()))).toBe('boolean');
   });
 
+  test('device auto passes a software WebGPU adapter (SwiftShader) over for WASM, and says why', async () => {
+    const page = await openPage();
+    const result = await load(page, { device: 'auto' });
+    expectLoaded(result);
+    expect(result.info.provider).toBe('wasm');
+    expect(result.info.fallbacks).toHaveLength(1);
+    expect(result.info.fallbacks[0].provider).toBe('webgpu');
+    expect(result.info.fallbacks[0].reason).toMatch(/software fallback .*slower than WASM; device 'webgpu' forces it/);
+    expect(maxAbsDiff(result.output.data, reference)).toBeLessThan(1e-3);
+  });
+
   test('cold load on WebGPU downloads each blob once, verifies it, and matches onnxruntime-node', async () => {
     origin.reset();
     const page = await openPage();
-    const result = await load(page, { device: 'auto' });
+    const result = await load(page, { device: 'webgpu' });
     expectLoaded(result);
     expect(result.info.provider).toBe('webgpu');
     expect(result.info.fallbacks).toEqual([]);

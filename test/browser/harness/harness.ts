@@ -4,7 +4,7 @@
  */
 import { createStore, get, getMany, set } from 'idb-keyval';
 import { sampleFeeds } from '../../../common/sample-input.ts';
-import type { Device, LoraOverlay, PipelineInfo, ProgressEvent } from '../../../common/pipeline.ts';
+import type { Device, GenerateOptions, LoraOverlay, PipelineInfo, ProgressEvent } from '../../../common/pipeline.ts';
 import { createLoader, type Loader } from '../../../common/loader/index.ts';
 import { MemoryStore } from '../../../common/store.ts';
 import { type BrowserLoader, createBrowserLoader, createOrtEngine, persist, webgpuAdapter } from '../../../web/index.ts';
@@ -32,6 +32,10 @@ export interface HarnessLoad {
   loras?: LoraOverlay[];
   /** With memoryStore: weights of at least this many elements merge on onnxruntime (0: all of them). */
   overlayOrtMinElements?: number;
+  /** Run these components' sessions (a pipeline's `sessions[role]`) on these feeds. */
+  components?: Record<string, Record<string, { type: string; dims: number[]; data: number[] }>>;
+  /** Generate on a text-to-image pipeline (latents as a plain array). */
+  generate?: Omit<GenerateOptions, 'latents' | 'onStep' | 'signal'> & { latents?: number[] };
 }
 
 export interface HarnessResult {
@@ -43,6 +47,10 @@ export interface HarnessResult {
   error?: { name: string; code?: string; message: string };
   info?: Omit<PipelineInfo, 'manifest'>;
   output?: { dims: number[]; data: number[] };
+  /** Per component run: output name → values. */
+  componentOutputs?: Record<string, Record<string, number[]>>;
+  /** What generate() gave: RGBA bytes, size, UNet calls and the steps reported. */
+  image?: { width: number; height: number; rgba: number[]; unetCalls: number; steps: number[] };
   events: ProgressEvent[];
   warnings: string[];
   ms: number;
@@ -92,12 +100,32 @@ async function load(options: HarnessLoad): Promise<HarnessResult> {
       const image = out.image;
       output = { dims: [...image.dims], data: Array.from(image.data as Float32Array) };
     }
+    let componentOutputs: HarnessResult['componentOutputs'];
+    if (options.components) {
+      componentOutputs = {};
+      for (const [role, feeds] of Object.entries(options.components)) {
+        const session = p.sessions[role as keyof typeof p.sessions];
+        if (!session) throw new Error(`harness: no ${role} session`);
+        const typed = Object.fromEntries(
+          Object.entries(feeds).map(([name, t]) => [name, { type: t.type, dims: t.dims, data: t.type === 'int32' ? Int32Array.from(t.data) : Float32Array.from(t.data) }]),
+        );
+        const out = await session.run(typed);
+        componentOutputs[role] = Object.fromEntries(Object.entries(out).map(([name, t]) => [name, Array.from(t.data as Float32Array)]));
+      }
+    }
+    let image: HarnessResult['image'];
+    if (options.generate) {
+      const steps: number[] = [];
+      const { latents, ...rest } = options.generate;
+      const r = await p.generate({ ...rest, ...(latents ? { latents: Float32Array.from(latents) } : {}), onStep: (e) => void steps.push(e.step) });
+      image = { width: r.image.width, height: r.image.height, rgba: Array.from(r.image.data), unetCalls: r.unetCalls, steps };
+    }
     const ms = performance.now() - started;
     if (!options.reuse) await p.dispose();
     // Store writes finish behind the load; tests inspect IndexedDB after them.
     await loader.flush();
     const storedMs = performance.now() - started;
-    return { ok: true, info, output, events: options.keepEvents === false ? [] : events, warnings: [...warnings], ms, blobsReadyMs, storedMs };
+    return { ok: true, info, output, componentOutputs, image, events: options.keepEvents === false ? [] : events, warnings: [...warnings], ms, blobsReadyMs, storedMs };
   } catch (e) {
     await loader.flush();
     const err = e as Error & { code?: string };
