@@ -8,7 +8,8 @@ import { basename, dirname, isAbsolute, join, normalize } from 'node:path';
 import { canonicalJsonBytes } from '../../common/canonical-json.ts';
 import { type Digest, sha256 } from '../../common/digest.ts';
 import { badInput } from '../../common/errors.ts';
-import { type LoraAdapter, type PeftConfig, parsePeftConfig, readLora } from '../../common/lora/adapter.ts';
+import { type LoraAdapter, type PeftConfig, readLora } from '../../common/lora/adapter.ts';
+import { readPeftConfig } from '../lora-source.ts';
 import { type FileHashing, hashFilesInWorker } from './hash-worker.ts';
 import { decodeModel, EXTERNAL, type ExternalRef, externalRef, isExternal, type ModelProto } from '../onnx/model.ts';
 import { readSkeleton } from '../onnx/skeleton.ts';
@@ -132,50 +133,13 @@ export interface LoraInput {
   configSource?: string;
 }
 
-/**
- * A PEFT adapter config pairs with its weights as `<stem>.adapter_config.json` beside the
- * file, or as `adapter_config.json` in the same folder (the PEFT save_pretrained layout).
- */
-async function findPeftConfig(path: string): Promise<string | undefined> {
-  const stem = basename(path).replace(/\.safetensors$/, '');
-  for (const candidate of [join(dirname(path), `${stem}.adapter_config.json`), join(dirname(path), 'adapter_config.json')]) {
-    try {
-      if ((await stat(candidate)).isFile()) return candidate;
-    } catch {
-      // not there
-    }
-  }
-  return undefined;
-}
-
 export async function readLoraInput(path: string, scale: number): Promise<LoraInput> {
   const input = basename(path);
   await fileSize(path, path);
   const bytes = new Uint8Array(await readFile(path));
   const digest = await sha256(bytes);
-  const configPath = await findPeftConfig(path);
-  let config: PeftConfig | undefined;
-  if (configPath) {
-    let json: unknown;
-    try {
-      json = JSON.parse(await readFile(configPath, 'utf8'));
-    } catch (e) {
-      throw badInput(basename(configPath), `is not valid JSON (${(e as Error).message})`);
-    }
-    config = parsePeftConfig(json, basename(configPath));
-  }
+  const peft = readPeftConfig(path);
+  const config = peft?.config;
   const adapter = readLora(bytes, input, config);
-  return { path, source: input, scale, bytes, digest, adapter, config, configSource: configPath && basename(configPath) };
-}
-
-/**
- * `file.safetensors`, `file.safetensors:0.8`. The scale must be a finite number.
- */
-export function parseLoraArg(arg: string): { path: string; scale: number } {
-  const m = /^(.*):([^:/\\]*)$/.exec(arg);
-  if (!m || !m[1] || /^[a-zA-Z]$/.test(m[1])) return { path: arg, scale: 1 };
-  const text = m[2].trim();
-  const scale = text === '' ? NaN : Number(text);
-  if (!Number.isFinite(scale)) throw badInput(`--lora ${arg}`, `scale "${m[2]}" is not a finite number`);
-  return { path: m[1], scale };
+  return { path, source: input, scale, bytes, digest, adapter, config, configSource: peft && basename(peft.file) };
 }

@@ -1,7 +1,7 @@
 import { Command, Option } from 'commander';
 import cliProgress from 'cli-progress';
 import { build, type BuildProgress, DEFAULT_SHARD_SIZE } from '../build/build.ts';
-import { parseLoraArg } from '../build/inputs.ts';
+import { parseLoraSource } from '../lora-source.ts';
 import { byteCount } from '../cli-options.ts';
 
 
@@ -36,8 +36,8 @@ function progressBars(enabled: boolean): { onProgress?: (p: BuildProgress) => vo
 export function register(program: Command): void {
   program
     .command('build')
-    .description('merge LoRAs into a base ONNX model and write a fingerprinted artifact')
-    .requiredOption('--base <model.onnx|https://…>', 'base ONNX model, a file (external data beside it) or an http(s) URL')
+    .description('merge LoRAs into a base pipeline or ONNX model and write a fingerprinted artifact')
+    .requiredOption('--base <dir|model.onnx|s3://…|https://…>', 'base: a diffusers ONNX directory (model_index.json + component folders), a .onnx file (external data beside it), or an s3:// / http(s) URL')
     .option('--lora <file|url[:scale]>', 'LoRA safetensors (PEFT: <stem>.adapter_config.json or adapter_config.json beside it), optional scale (default 1); repeatable', (v: string, acc: string[]) => [...acc, v], [] as string[])
     .requiredOption('--name <model>', 'model name')
     .requiredOption('--out <dir>', 'artifact directory (missing, empty or an artifact directory)')
@@ -45,7 +45,10 @@ export function register(program: Command): void {
     .option('--strict', 'fail when any LoRA key matches no weight', false)
     .option('--json', 'print a JSON report instead of the fingerprint', false)
     .action(async (opts: { base: string; lora: string[]; name: string; out: string; shardSize: number; strict: boolean; json: boolean }) => {
-      const loras = opts.lora.map(parseLoraArg);
+      const loras = opts.lora.map((arg) => {
+        const { source, scale } = parseLoraSource(arg);
+        return { path: source, scale };
+      });
       const shardSize = opts.shardSize;
       const bars = progressBars(!opts.json && !!process.stderr.isTTY);
       let report;

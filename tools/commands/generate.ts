@@ -1,6 +1,10 @@
 /**
  * `fuseload generate --origin <url> --model <name> [--tag <t> | --fingerprint <hex>]
+ *   [--prompt "…"] [--negative-prompt "…"] [--steps N] [--guidance G] [--scheduler S]
  *   [--lora <url|path|sha256:hex>[:scale] …] [--device auto|cuda|cpu] [--seed N] [--width W] [--height H] --out image.png`
+ *
+ * A text-to-image pipeline generates from the prompt (docs/generation.md); a `graph` artifact
+ * renders the sample graph's image from the seed, as before.
  *
  * `--lora` overlays a LoRA on the clean base at load time (a digest is fetched from --origin's
  * blobs); a PEFT file's lora_alpha comes from the adapter_config.json beside it.
@@ -8,19 +12,21 @@
  * One image with the Node runtime. With --fingerprint and a warm PIPELINE_STORE it makes
  * no network request at all (the manifest and every blob come from the store).
  */
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import { writeFile } from 'node:fs/promises';
-import { basename, dirname, join, resolve } from 'node:path';
+import { resolve } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { SingleBar } from 'cli-progress';
 import { type Command, InvalidArgumentError, Option } from 'commander';
 import { intIn } from '../cli-options.ts';
 import { toDigest } from '../../common/digest.ts';
 import { badInput } from '../../common/errors.ts';
-import { parsePeftConfig } from '../../common/lora/adapter.ts';
+import { GENERATE_LIMITS } from '../../common/generate/options.ts';
+import { SCHEDULER_NAMES, type SchedulerName } from '../../common/generate/schedulers/index.ts';
 import type { Device, LoraOverlay, ProgressEvent } from '../../common/pipeline.ts';
+import { parseLoraSource, readPeftConfig } from '../lora-source.ts';
 import { createNodeRuntime } from '../runtime/index.ts';
-import { renderPng } from '../server/render.ts';
+import { renderPng, rgbaToPng } from '../server/render.ts';
 
 interface GenerateFlags {
   origin: string;
@@ -30,45 +36,62 @@ interface GenerateFlags {
   lora: LoraOverlay[];
   device: Device;
   seed: number;
-  width: number;
-  height: number;
+  width?: number;
+  height?: number;
+  prompt?: string;
+  negativePrompt?: string;
+  steps?: number;
+  guidance?: number;
+  scheduler?: SchedulerName;
   out: string;
 }
 
-/** `<url|path|sha256:hex>[:scale]`: the scale is a trailing `:<number>`, so URLs keep their colons. */
+/** `<url|path|sha256:hex>[:scale]` (tools/lora-source.ts), as a load-time overlay. */
 export function parseLora(value: string, previous: LoraOverlay[] = []): LoraOverlay[] {
-  const m = /^(.*):(-?\d+(?:\.\d+)?)$/.exec(value);
-  const source = m && m[1] !== 'sha256' ? m[1] : value;
-  const scale = m && m[1] !== 'sha256' ? Number(m[2]) : 1;
+  let parsed;
+  try {
+    parsed = parseLoraSource(value);
+  } catch (e) {
+    throw new InvalidArgumentError((e as Error).message);
+  }
+  const { source, scale } = parsed;
   let lora: LoraOverlay;
   if (/^https?:\/\//.test(source)) lora = { url: source, scale };
   else if (/^(sha256:)?[0-9a-f]{64}$/.test(source)) lora = { digest: toDigest(source, '--lora'), scale };
   else if (existsSync(source)) {
     lora = { url: pathToFileURL(resolve(source)).href, scale };
-    const alpha = peftAlpha(source);
-    if (alpha !== undefined) lora.alpha = alpha;
+    // A PEFT adapter's lora_alpha lives in its adapter_config.json, found as `fuseload build` finds it.
+    let alpha: number | undefined;
+    try {
+      alpha = readPeftConfig(source)?.config.lora_alpha;
+    } catch (e) {
+      throw new InvalidArgumentError((e as Error).message);
+    }
+    if (alpha) lora.alpha = alpha;
   } else throw new InvalidArgumentError(`"${source}" is not a URL, a sha256 digest or an existing file`);
   return [...previous, lora];
 }
 
-/**
- * A PEFT adapter's lora_alpha lives in its adapter_config.json, found as `fuseload build` finds
- * it: `<stem>.adapter_config.json` beside the file, or `adapter_config.json` in its folder.
- */
-function peftAlpha(path: string): number | undefined {
-  const stem = basename(path).replace(/\.safetensors$/, '');
-  for (const candidate of [join(dirname(path), `${stem}.adapter_config.json`), join(dirname(path), 'adapter_config.json')]) {
-    if (!existsSync(candidate)) continue;
-    let json: unknown;
-    try {
-      json = JSON.parse(readFileSync(candidate, 'utf8'));
-    } catch (e) {
-      throw new InvalidArgumentError(`${basename(candidate)} is not valid JSON (${(e as Error).message})`);
-    }
-    const alpha = parsePeftConfig(json, basename(candidate)).lora_alpha;
-    return alpha ? alpha : undefined;
-  }
-  return undefined;
+const numberIn = (name: string, min: number, max: number) => (value: string): number => {
+  const n = Number(value);
+  if (!Number.isFinite(n) || n < min || n > max) throw new InvalidArgumentError(`${name} must be a number in [${min}, ${max}]`);
+  return n;
+};
+
+/** Per-step progress on a terminal: `step 3/20`. */
+function stepBar(): { onStep?: (e: { step: number; steps: number }) => void; stop(): void } {
+  if (!process.stderr.isTTY) return { stop() {} };
+  const bar = new SingleBar({ stream: process.stderr, format: 'generate [{bar}] step {value}/{total}', hideCursor: true, clearOnComplete: true });
+  let begun = false;
+  return {
+    onStep(e) {
+      if (!begun) {
+        bar.start(e.steps, e.step);
+        begun = true;
+      } else bar.update(e.step);
+    },
+    stop: () => begun && bar.stop(),
+  };
 }
 
 function progressBar(): { onProgress?: (e: ProgressEvent) => void; stop(): void } {
@@ -98,14 +121,20 @@ export function register(program: Command): void {
     .option('--fingerprint <hex>', 'pin the artifact (works offline with a warm store)')
     .option('--lora <src[:scale]>', 'load-time LoRA: URL, file or sha256 digest, with an optional :scale (repeatable)', parseLora, [])
     .addOption(new Option('--device <device>', 'execution provider').choices(['auto', 'cuda', 'cpu']).default('auto'))
-    .option('--seed <n>', 'latent seed', intIn('--seed', 0, 2 ** 32 - 1), 0)
-    .option('--width <px>', 'image width (multiple of 8)', intIn('--width', 8, 4096), 64)
-    .option('--height <px>', 'image height (multiple of 8)', intIn('--height', 8, 4096), 64)
+    .option('--prompt <text>', 'what to draw (text-to-image pipelines)')
+    .option('--negative-prompt <text>', 'what not to draw')
+    .option('--steps <n>', `denoising steps (1–${GENERATE_LIMITS.maxSteps}; default the scheduler's)`, intIn('--steps', 1, GENERATE_LIMITS.maxSteps))
+    .option('--guidance <g>', `classifier-free guidance (0–${GENERATE_LIMITS.maxGuidanceScale}; ≤ 1 skips the unconditional pass)`, numberIn('--guidance', 0, GENERATE_LIMITS.maxGuidanceScale))
+    .addOption(new Option('--scheduler <name>', "default: the pipeline's scheduler_config.json").choices([...SCHEDULER_NAMES]))
+    .option('--seed <n>', 'noise seed', intIn('--seed', 0, 2 ** 32 - 1), 0)
+    .option('--width <px>', 'image width (multiple of 8; default the pipeline\'s size, 64 for a graph)', intIn('--width', 8, 4096))
+    .option('--height <px>', 'image height (multiple of 8)', intIn('--height', 8, 4096))
     .requiredOption('--out <file>', 'where to write the PNG')
     .action(async (flags: GenerateFlags) => {
       if (flags.tag && flags.fingerprint) throw badInput('--tag/--fingerprint', 'give one, not both');
       for (const side of ['width', 'height'] as const) {
-        if (flags[side] % 8 !== 0) throw badInput(`--${side}`, `${flags[side]} is not a multiple of 8`);
+        const v = flags[side];
+        if (v !== undefined && v % 8 !== 0) throw badInput(`--${side}`, `${v} is not a multiple of 8`);
       }
       // Provider fallbacks are reported in the result line (or the error), so only other
       // warnings (a corrupt cache entry, an uncached blob) are printed as they happen.
@@ -129,13 +158,37 @@ export function register(program: Command): void {
         bar.stop();
       }
       try {
-        const png = await renderPng(pipeline, flags);
-        await writeFile(flags.out, png);
         const { info } = pipeline;
-        const fallbacks = info.fallbacks.map((f) => ` (${f.provider} passed over: ${f.reason})`).join('');
-        process.stdout.write(
-          `${flags.out}: ${flags.width}x${flags.height} ${info.fingerprint} provider=${info.provider} fetched=${info.bytesFetched}B${fallbacks}\n`,
-        );
+        let png: Uint8Array;
+        let size: string;
+        let detail = '';
+        if (info.kind === 'text-to-image') {
+          if (flags.prompt === undefined) throw badInput('--prompt', `${flags.model} is a text-to-image pipeline: say what to draw`);
+          const steps = stepBar();
+          const result = await pipeline.generate({
+            prompt: flags.prompt,
+            negativePrompt: flags.negativePrompt,
+            steps: flags.steps,
+            guidanceScale: flags.guidance,
+            scheduler: flags.scheduler,
+            seed: flags.seed,
+            width: flags.width,
+            height: flags.height,
+            onStep: steps.onStep,
+          });
+          steps.stop();
+          png = rgbaToPng(result.image);
+          size = `${result.image.width}x${result.image.height}`;
+          detail = ` steps=${result.steps} scheduler=${result.scheduler} seed=${result.seed} ${Math.round(result.timings.totalMs)}ms`;
+        } else {
+          const request = { seed: flags.seed, width: flags.width ?? 64, height: flags.height ?? 64 };
+          png = await renderPng(pipeline, request);
+          size = `${request.width}x${request.height}`;
+        }
+        await writeFile(flags.out, png);
+        // One short line per provider passed over; the full reasons are in p.info for those who ask.
+        const passed = [...new Set(info.fallbacks.map((f) => f.provider))];
+        process.stdout.write(`${flags.out}: ${size} ${info.fingerprint} provider=${info.provider}${passed.length ? ` (${passed.join(', ')} unavailable)` : ''} fetched=${info.bytesFetched}B${detail}\n`);
       } finally {
         await pipeline.dispose();
         await runtime.flush(); // the store is written behind the load: finish before exiting
