@@ -20,11 +20,16 @@ ENV NODE_ENV=production \
 
 WORKDIR /app
 COPY package.json package-lock.json ./
-# npm ci runs no unapproved dependency install scripts; an explicitly named `npm rebuild`
-# runs onnxruntime-node's, which downloads the CUDA libraries when ORT_INSTALL=cuda12.
-RUN ONNXRUNTIME_NODE_INSTALL=skip npm ci --omit=dev --no-audit --no-fund \
+# onnxruntime-node is an optional peer of the package (the server needs it, a browser app does
+# not): the image makes it a dependency, then installs production dependencies at the locked
+# versions. Its install script is skipped (no CUDA download); with ORT_INSTALL=cuda12 it is run
+# by name, which downloads the CUDA libraries on any npm version.
+RUN node -e "const fs = require('fs'); const p = JSON.parse(fs.readFileSync('package.json')); \
+      p.dependencies['onnxruntime-node'] = p.peerDependencies['onnxruntime-node']; delete p.devDependencies; \
+      fs.writeFileSync('package.json', JSON.stringify(p, null, 2))" \
+ && ONNXRUNTIME_NODE_INSTALL=skip npm install --omit=dev --no-audit --no-fund \
  && if [ "$ORT_INSTALL" != "skip" ]; then \
-      ONNXRUNTIME_NODE_INSTALL="$ORT_INSTALL" npm rebuild onnxruntime-node --foreground-scripts; \
+      ONNXRUNTIME_NODE_INSTALL="$ORT_INSTALL" node node_modules/onnxruntime-node/script/install; \
     fi \
  && npm cache clean --force
 

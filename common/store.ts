@@ -16,11 +16,15 @@
  */
 import type { Digest } from './digest.ts';
 
+/** What the caller stores: the store is told, never guesses from the bytes. */
+export type BlobKind = 'blob' | 'manifest';
+
 export interface BlobStore {
   readonly kind: string;
   has(digest: Digest): Promise<boolean>;
   get(digest: Digest): Promise<Uint8Array | null>;
-  put(digest: Digest, bytes: Uint8Array): Promise<void>;
+  /** `kind` 'manifest' for a manifest by its fingerprint (the disk store keeps those apart, outside the byte budget). */
+  put(digest: Digest, bytes: Uint8Array, kind?: BlobKind): Promise<void>;
   delete(digest: Digest): Promise<void>;
   entries(): AsyncIterable<{ digest: Digest; size: number; lastUsed?: number }>;
   /** True when `get` itself guarantees the bytes are the digest's (see above). */

@@ -4,15 +4,16 @@
  */
 import { readdirSync } from 'node:fs';
 import { Command, CommanderError } from 'commander';
-import { isFuseloadError } from '../common/errors.ts';
+import { userFacingError } from '../common/errors.ts';
 import { TOOL_VERSION } from './version.ts';
 
 export type RegisterCommand = (program: Command) => void;
 
 async function loadCommands(program: Command): Promise<void> {
   const dir = new URL('./commands/', import.meta.url);
+  // .ts from source (tsx), .js from the compiled package (dist/); never declarations.
   const files = readdirSync(dir)
-    .filter((f) => f.endsWith('.ts') && !f.endsWith('.test.ts'))
+    .filter((f) => /\.(ts|js)$/.test(f) && !/\.d\.ts$|\.test\.ts$/.test(f))
     .sort();
   for (const file of files) {
     const mod = (await import(new URL(file, dir).href)) as { register?: RegisterCommand };
@@ -33,16 +34,13 @@ export async function main(argv: string[]): Promise<number> {
     return typeof process.exitCode === 'number' ? process.exitCode : 0;
   } catch (e) {
     if (e instanceof CommanderError) return e.exitCode;
-    if (isFuseloadError(e)) {
-      process.stderr.write(`fuseload: ${e.message}\n`);
+    // A user's mistake or the system's answer (ENOENT, EISDIR, EACCES, …): one line, no stack.
+    const user = userFacingError(e);
+    if (user) {
+      process.stderr.write(`fuseload: ${user.message.replace(/\s*\n\s*/g, ' ')}\n`);
       return 1;
     }
-    const err = e as NodeJS.ErrnoException;
-    if (err?.code === 'ENOENT' && err.path) {
-      process.stderr.write(`fuseload: ${err.path}: no such file or directory\n`);
-      return 1;
-    }
-    process.stderr.write(`fuseload: internal error: ${err?.stack ?? String(e)}\n`);
+    process.stderr.write(`fuseload: internal error: ${(e as Error)?.stack ?? String(e)}\n`);
     return 70;
   }
 }

@@ -2,9 +2,18 @@
  * One blob over HTTP: streamed into a buffer of the manifest's size, resumed with a
  * Range request after a dropped connection, retried with backoff, and verified by
  * SHA-256 before anyone sees the bytes. Runtime-neutral: fetch, crypto and AbortSignal only.
+ *
+ * Bounded: the headers must come within `headersTimeoutMs` (an origin that accepts and never
+ * answers is given up, not retried), the body may not go silent for `idleTimeoutMs` (resumed
+ * like a dropped connection), a blob over `maxBlobBytes` is refused before anything is
+ * allocated, and the buffer is allocated only once the first byte arrives.
  */
 import { type Digest, sha256 } from '../digest.ts';
 import { FuseloadError, isFuseloadError } from '../errors.ts';
+import { contentLength, fetchWithDeadline, formatCap, isTransient, shownUrl, streamChunks } from './bounded-read.ts';
+
+/** Largest blob a download accepts (graph or shard; the build's shards are ≤ 64 MiB). */
+export const DEFAULT_MAX_BLOB_BYTES = 2 * 1024 ** 3;
 
 export interface DownloadOptions {
   url: string;
@@ -20,6 +29,12 @@ export interface DownloadOptions {
   onBytes?: (received: number) => void;
   /** Called once the bytes are in, before hashing. */
   onVerify?: () => void;
+  /** Milliseconds to each response's headers (default 30 s). */
+  headersTimeoutMs?: number;
+  /** Longest silence inside a body, in ms, before the request is resumed (default 30 s). */
+  idleTimeoutMs?: number;
+  /** Refuse a blob larger than this many bytes, before allocating (default 2 GiB). */
+  maxBlobBytes?: number;
 }
 
 export interface DownloadResult {
@@ -37,7 +52,14 @@ export async function downloadBlob(options: DownloadOptions): Promise<DownloadRe
   const { url, digest, size, signal } = options;
   const retries = options.retries ?? 4;
   const backoffMs = options.backoffMs ?? 250;
-  const buffer = new Uint8Array(size);
+  const maxBlobBytes = options.maxBlobBytes ?? DEFAULT_MAX_BLOB_BYTES;
+  const shown = shownUrl(url);
+  if (!Number.isSafeInteger(size) || size < 0) throw new FuseloadError('bad-input', `${shown}: blob size ${size} is not a byte count`);
+  if (size > maxBlobBytes) {
+    throw new FuseloadError('too-large', `${shown}: the manifest names ${size} bytes, over the ${formatCap(maxBlobBytes)} per-blob cap`);
+  }
+  // Allocated when the first byte arrives: an origin that never answers costs no memory.
+  let buffer: Uint8Array | null = null;
   let received = 0;
   let etag: string | null = null;
   let bytesFetched = 0;
@@ -46,8 +68,8 @@ export async function downloadBlob(options: DownloadOptions): Promise<DownloadRe
   let lastError: unknown;
 
   for (let attempt = 0; attempt <= retries; attempt++) {
-    throwIfAborted(signal, url);
-    if (attempt > 0) await sleep(backoffMs * 2 ** (attempt - 1), signal, url);
+    throwIfAborted(signal, shown);
+    if (attempt > 0) await sleep(backoffMs * 2 ** (attempt - 1), signal, shown);
     const headers: Record<string, string> = {};
     // Resume only when the origin gave a strong validator: If-Range makes it send the
     // whole blob again (200) if the bytes behind the URL changed.
@@ -61,44 +83,51 @@ export async function downloadBlob(options: DownloadOptions): Promise<DownloadRe
     }
     try {
       // no-store: the verified bytes go to our own store; the HTTP cache would hold a second copy.
-      const response = await options.fetch(url, { headers, signal, cache: 'no-store' });
+      const response = await fetchWithDeadline(options.fetch, url, { headers, cache: 'no-store' }, { headersMs: options.headersTimeoutMs, signal });
+      const announced = contentLength(response);
       if (response.status === 206 && resuming) {
         const range = parseContentRange(response.headers.get('Content-Range'));
         if (!range || range.start !== received || (range.length !== null && range.length !== size)) {
           await response.body?.cancel();
-          const message = `${url}: Content-Range ${response.headers.get('Content-Range')} does not continue at byte ${received}`;
+          const message = `${shown}: Content-Range ${response.headers.get('Content-Range')} does not continue at byte ${received}`;
           received = 0;
           throw new RetryableError(message);
+        }
+        if (announced !== null && announced > size - received) {
+          await response.body?.cancel();
+          throw new FuseloadError('digest-mismatch', `${shown}: Content-Length ${announced} is more than the ${size - received} bytes left of the ${size} the manifest names`);
         }
       } else if (response.status === 200) {
         received = 0; // a full body, whatever we asked for
         etag = response.headers.get('ETag');
+        if (announced !== null && announced !== size) {
+          await response.body?.cancel();
+          throw new FuseloadError('digest-mismatch', `${shown}: Content-Length ${announced}, but the manifest names ${size} bytes`);
+        }
       } else {
         await response.body?.cancel();
-        const message = `${url}: HTTP ${response.status}`;
+        const message = `${shown}: HTTP ${response.status}`;
         if (response.status === 404) throw new FuseloadError('not-found', `${message} (blob ${digest} is not at this origin)`);
         if (response.status >= 500 || response.status === 408 || response.status === 429) throw new RetryableError(message);
         throw new FuseloadError('network', message);
       }
-      if (!response.body) throw new RetryableError(`${url}: response has no body`);
-      const reader = response.body.getReader();
-      for (;;) {
-        const { done, value } = await reader.read();
-        if (done) break;
+      if (!response.body) throw new RetryableError(`${shown}: response has no body`);
+      for await (const value of streamChunks(response.body, shown, { idleMs: options.idleTimeoutMs, signal })) {
         if (received + value.byteLength > size) {
-          await reader.cancel();
-          throw new FuseloadError('digest-mismatch', `${url}: more than the ${size} bytes the manifest names`);
+          throw new FuseloadError('digest-mismatch', `${shown}: more than the ${size} bytes the manifest names`);
         }
+        buffer ??= new Uint8Array(size);
         buffer.set(value, received);
         received += value.byteLength;
         bytesFetched += value.byteLength;
         options.onBytes?.(received);
       }
-      if (received !== size) throw new RetryableError(`${url}: body ended at byte ${received} of ${size}`);
+      if (received !== size) throw new RetryableError(`${shown}: body ended at byte ${received} of ${size}`);
+      buffer ??= new Uint8Array(size); // an empty blob
       options.onVerify?.();
       const actual = await sha256(buffer);
       if (actual !== digest) {
-        const message = `${url}: bytes hash to ${actual}, expected ${digest}`;
+        const message = `${shown}: bytes hash to ${actual}, expected ${digest}`;
         // Corrupt in transit: start over once, from zero. Twice means the origin holds bad bytes.
         if (++mismatches > 1) throw new FuseloadError('digest-mismatch', message);
         received = 0;
@@ -107,14 +136,15 @@ export async function downloadBlob(options: DownloadOptions): Promise<DownloadRe
       }
       return { bytes: buffer, bytesFetched, rangeRequests };
     } catch (e) {
-      if (signal?.aborted) throw abortError(url, signal);
-      if (isFuseloadError(e)) throw e;
+      if (signal?.aborted) throw abortError(shown, signal);
+      // A dropped connection or a silent body is resumed; a timeout to headers, a cap or a 4xx is final.
+      if (isFuseloadError(e) && !isTransient(e)) throw e;
       lastError = e;
-      // A TypeError from fetch or a stream read error is a dropped connection: resume.
     }
   }
-  const reason = lastError instanceof Error ? lastError.message : String(lastError);
-  throw new FuseloadError('network', `${url}: gave up after ${retries + 1} attempts: ${reason}`, { cause: lastError });
+  const text = lastError instanceof Error ? lastError.message : String(lastError);
+  const reason = text.startsWith(`${shown}: `) ? text.slice(shown.length + 2) : text;
+  throw new FuseloadError('network', `${shown}: gave up after ${retries + 1} attempts: ${reason}`, { cause: lastError });
 }
 
 function parseContentRange(value: string | null): { start: number; end: number; length: number | null } | null {

@@ -114,7 +114,7 @@ describe('fuseload serve (the CLI process)', () => {
       expect(url).toMatch(/^http:\/\/127\.0\.0\.1:\d+$/);
       const health = (await (await fetch(`${url}/healthz`)).json()) as { ok: boolean; providers: string[] };
       expect(health).toMatchObject({ ok: true, providers: ['cpu'] });
-      const res = await fetch(`${url}/v1/generate`, { method: 'POST', body: JSON.stringify({ model: 'tiny', tag: 'latest', width: 8, height: 8 }) });
+      const res = await fetch(`${url}/v1/generate`, { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify({ model: 'tiny', tag: 'latest', width: 8, height: 8 }) });
       expect(res.status).toBe(200);
       expect(decode(new Uint8Array(await res.arrayBuffer())).width).toBe(8);
     } finally {

@@ -103,7 +103,7 @@ describe('DiskStore', () => {
     const store = new DiskStore(root, {});
     const bytes = canonicalJsonBytes({ schema: 'fuseload.artifact/1', name: 'x' });
     const fingerprint = await sha256(bytes);
-    await store.put(fingerprint, bytes);
+    await store.put(fingerprint, bytes, 'manifest');
     expect(await readdir(join(root, 'manifests', 'sha256'))).toEqual([`${fingerprint.slice(7)}.json`]);
     expect(await store.get(fingerprint)).toEqual(bytes);
     const listed = [];

@@ -81,7 +81,6 @@ describe('fuseload serve', () => {
     [{ model: 'tiny', tag: 'latest', height: 60 }, /^height: must be a multiple of 8/],
     [{ model: 'tiny', tag: 'latest', seed: -1 }, /^seed: /],
     [{ model: 'tiny', tag: 'latest', fingerprint: 'a'.repeat(64) }, /^tag: give exactly one of tag or fingerprint/],
-    [{ model: 'tiny' }, /^tag: give exactly one of tag or fingerprint/],
     [{ model: 'tiny', fingerprint: 'sha256:xyz' }, /^fingerprint: must be sha256/],
     [{ model: '../etc', tag: 'latest' }, /^model: must be a name/],
     [{ model: 'tiny', tag: 'latest', loras: [{ scale: 1 }] }, /^loras\.0: give exactly one of digest or url/],

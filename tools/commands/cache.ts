@@ -13,6 +13,7 @@ export function register(program: Command): void {
     .option('--json', 'machine-readable output')
     .action(async (flags: { json?: boolean }) => {
       const store = new DiskStore(defaultStoreRoot());
+      await store.check();
       const entries = [];
       for await (const e of store.entries()) entries.push(e);
       entries.sort((a, b) => a.lastUsed - b.lastUsed);
@@ -33,6 +34,7 @@ export function register(program: Command): void {
       const max = flags.maxBytes ?? defaultMaxBytes();
       if (max === undefined) throw badInput('--max-bytes', 'give a budget (or set PIPELINE_STORE_MAX_BYTES)');
       const store = new DiskStore(defaultStoreRoot(), {});
+      await store.check();
       const result = await store.prune(max);
       process.stdout.write(`removed ${result.removed.length} blobs (${result.freedBytes} bytes); ${result.keptBytes} bytes kept\n`);
     });
@@ -42,6 +44,7 @@ export function register(program: Command): void {
     .description('re-hash every blob; corrupt ones are removed (exit 1 if any were)')
     .action(async () => {
       const store = new DiskStore(defaultStoreRoot(), {});
+      await store.check();
       const result = await store.verifyAll();
       for (const d of result.removed) process.stdout.write(`corrupt, removed: ${d}\n`);
       process.stdout.write(`${result.ok}/${result.checked} blobs intact\n`);

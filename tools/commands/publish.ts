@@ -7,9 +7,13 @@ import { SingleBar } from 'cli-progress';
 import { type Command } from 'commander';
 import { positiveInt } from '../cli-options.ts';
 import { toDigest } from '../../common/digest.ts';
-import { publishLocal } from '../local-r2/index.ts';
-import { publishToBucket } from '../publish/index.ts';
+import { userFacingError } from '../../common/errors.ts';
+import { readArtifactDir } from '../publish/artifact.ts';
 import type { PublishOptions, PublishReport } from '../publish/publish.ts';
+import type { PublishTarget } from '../publish/target.ts';
+import type { BucketTargetOptions } from '../s3/bucket-target.ts';
+
+type CommandOptions = PublishOptions & BucketTargetOptions;
 
 interface PublishFlags {
   tag?: string;
@@ -61,6 +65,49 @@ function progressBar(enabled: boolean): { onProgress?: PublishOptions['onProgres
   };
 }
 
+/**
+ * Where `--dry-run` compares when no bucket (or no credentials) is configured: nothing is
+ * there, so everything is listed. A dry run needs no bucket, endpoint or key.
+ */
+class NothingThere implements PublishTarget {
+  readonly description = 'no bucket (none configured: everything is listed)';
+  async check() {}
+  async head() {
+    return null;
+  }
+  async get() {
+    return null;
+  }
+  async put(): Promise<void> {
+    throw new Error('a dry run uploads nothing');
+  }
+  async putStream(): Promise<void> {
+    throw new Error('a dry run uploads nothing');
+  }
+  async close() {}
+}
+
+/** True when flags and env name a bucket and the keys to it (else a dry run lists everything). */
+function bucketConfigured(flags: PublishFlags, env: NodeJS.ProcessEnv = process.env): boolean {
+  const bucket = flags.bucket ?? env.B2_BUCKET;
+  const keyId = env.B2_KEY_ID ?? env.AWS_ACCESS_KEY_ID;
+  const secret = env.B2_SECRET_KEY ?? env.AWS_SECRET_ACCESS_KEY;
+  return Boolean(bucket && keyId && secret);
+}
+
+async function publish(dir: string, flags: PublishFlags, options: CommandOptions): Promise<PublishReport> {
+  // The directory first: `publish ./nodir` says so before asking about buckets or keys.
+  await readArtifactDir(dir);
+  // The S3 SDK loads only when publishing (it is most of the CLI's start-up otherwise).
+  const { publishArtifact, publishLocal, publishToBucket } = await import('../publish/index.ts');
+  if (flags.local) return publishLocal(dir, { ...options, persistTo: flags.persistTo });
+  if (options.dryRun && !bucketConfigured(flags)) return publishArtifact(dir, new NothingThere(), options);
+  return publishToBucket(dir, {
+    ...options,
+    s3: { bucket: flags.bucket, endpoint: flags.endpoint, region: flags.region, r2Account: flags.r2Account },
+  });
+}
+
 function printReport(report: PublishReport): void {
   const out = process.stdout;
   if (report.dryRun) {
@@ -93,24 +140,25 @@ export function register(program: Command): void {
     .option('--attempts <n>', 'attempts per request, with backoff, on 5xx and timeouts', positiveInt('--attempts'), 5)
     .action(async (dir: string, flags: PublishFlags) => {
       const bar = progressBar(Boolean(process.stderr.isTTY) && !flags.json);
-      const options = {
-        tag: flags.tag,
-        fingerprint: flags.fingerprint ? toDigest(flags.fingerprint, '--fingerprint') : undefined,
-        dryRun: flags.dryRun,
-        concurrency: flags.concurrency,
-        streamThreshold: flags.partSize * 1024 * 1024,
-        partSize: Math.max(5, flags.partSize) * 1024 * 1024,
-        maxAttempts: flags.attempts,
-        onProgress: bar.onProgress,
-      };
       let report: PublishReport;
       try {
-        report = flags.local
-          ? await publishLocal(dir, { ...options, persistTo: flags.persistTo })
-          : await publishToBucket(dir, {
-              ...options,
-              s3: { bucket: flags.bucket, endpoint: flags.endpoint, region: flags.region, r2Account: flags.r2Account },
-            });
+        report = await publish(dir, flags, {
+          tag: flags.tag,
+          fingerprint: flags.fingerprint ? toDigest(flags.fingerprint, '--fingerprint') : undefined,
+          dryRun: flags.dryRun,
+          concurrency: flags.concurrency,
+          streamThreshold: flags.partSize * 1024 * 1024,
+          partSize: Math.max(5, flags.partSize) * 1024 * 1024,
+          maxAttempts: flags.attempts,
+          onProgress: bar.onProgress,
+        });
+      } catch (e) {
+        if (!flags.json) throw e;
+        // --json: the failure is JSON too, on stdout where the report would have been.
+        const user = userFacingError(e);
+        process.stdout.write(`${JSON.stringify({ error: user?.code ?? 'internal', message: user?.message ?? `internal error: ${(e as Error)?.message ?? String(e)}` })}\n`);
+        process.exitCode = user ? 1 : 70;
+        return;
       } finally {
         bar.stop();
       }

@@ -1,12 +1,16 @@
 import type { Command } from 'commander';
 import { createHash } from 'node:crypto';
-import { readdir, readFile, stat } from 'node:fs/promises';
+import { lstat, readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { digestHex, isHex } from '../../common/digest.ts';
 import { FuseloadError } from '../../common/errors.ts';
 import { blobKey, manifestKey, parseObjectKey } from '../../common/keys.ts';
+import { fetchWithDeadline, READ_LIMITS, readBounded, streamChunks } from '../../common/loader/bounded-read.ts';
 import { artifactBlobs, decodeManifest, parseTag } from '../../common/manifest.ts';
 import { sha256File } from '../store/disk-store.ts';
+
+/** For a URL given on the command line, not an --origin. */
+const URL_HINT = 'is the URL right and its origin up?';
 
 export interface VerifyResult {
   manifests: number;
@@ -29,13 +33,17 @@ export async function verifyDir(dir: string): Promise<VerifyResult> {
     const hex = name.slice(0, -'.json'.length);
     if (!isHex(hex)) throw new FuseloadError('bad-input', `${dir}: manifests/sha256/${name} is not named by a digest`);
     const rel = `manifests/sha256/${name}`;
+    const m = await lstat(join(dir, rel));
+    if (!m.isFile()) throw new FuseloadError('bad-input', `${dir}: ${rel} is not a regular file`);
+    if (m.size > READ_LIMITS.manifestBytes) throw new FuseloadError('too-large', `${dir}: ${rel} has ${m.size} bytes, over the 16 MiB cap for a manifest`);
     const manifest = await decodeManifest(new Uint8Array(await readFile(join(dir, rel))), rel, `sha256:${hex}`);
     for (const blob of artifactBlobs(manifest)) {
       if (checked.has(blob.digest)) continue;
       const blobRel = `blobs/sha256/${digestHex(blob.digest)}`;
       const path = join(dir, blobRel);
-      const s = await stat(path).catch(() => null);
+      const s = await lstat(path).catch(() => null);
       if (!s) throw new FuseloadError('not-found', `${dir}: ${blobRel} (named by ${rel}) is missing`);
+      if (!s.isFile()) throw new FuseloadError('bad-input', `${dir}: ${blobRel} is not a regular file`);
       if (blob.size !== undefined && s.size !== blob.size) throw new FuseloadError('digest-mismatch', `${dir}: ${blobRel} has ${s.size} bytes, the manifest says ${blob.size}`);
       const actual = await sha256File(path);
       if (actual !== blob.digest) throw new FuseloadError('digest-mismatch', `${dir}: ${blobRel} hashes to ${actual}`);
@@ -58,18 +66,18 @@ export async function verifyUrl(url: string): Promise<VerifyResult> {
   if (!m || !key || key.kind === 'blob') throw new FuseloadError('bad-input', `${shown}: want <origin>/tags/<model>/<tag>.json or <origin>/manifests/sha256/<hex>.json`);
   const origin = `${u.origin}${m[1]}`;
   const get = async (path: string): Promise<Response> => {
-    let res: Response;
-    try {
-      res = await fetch(`${origin}/${path}${u.search}`);
-    } catch (e) {
-      throw new FuseloadError('network', `${origin}/${path}: ${((e as Error).cause as { code?: string } | undefined)?.code ?? 'fetch failed'}`);
+    // A deadline on the headers; bodies below are capped and may not go silent.
+    const res = await fetchWithDeadline(fetch, `${origin}/${path}${u.search}`, {}, { hint: URL_HINT });
+    if (!res.ok || !res.body) {
+      await res.body?.cancel().catch(() => {});
+      throw new FuseloadError(res.status === 404 ? 'not-found' : 'network', `${origin}/${path}: HTTP ${res.status}`);
     }
-    if (!res.ok || !res.body) throw new FuseloadError(res.status === 404 ? 'not-found' : 'network', `${origin}/${path}: HTTP ${res.status}`);
     return res;
   };
-  const fingerprint = key.kind === 'tag' ? parseTag(new Uint8Array(await (await get(m[2])).arrayBuffer()), m[2]).manifest : key.digest;
+  const small = async (path: string, cap: number) => readBounded(await get(path), cap, `${origin}/${path}`, { hint: URL_HINT });
+  const fingerprint = key.kind === 'tag' ? parseTag(await small(m[2], READ_LIMITS.tagBytes), m[2]).manifest : key.digest;
   const mKey = manifestKey(fingerprint);
-  const manifest = await decodeManifest(new Uint8Array(await (await get(mKey)).arrayBuffer()), `${origin}/${mKey}`, fingerprint);
+  const manifest = await decodeManifest(await small(mKey, READ_LIMITS.manifestBytes), `${origin}/${mKey}`, fingerprint);
   const blobs = artifactBlobs(manifest);
   const checked = new Set<string>();
   let bytes = 0;
@@ -78,9 +86,11 @@ export async function verifyUrl(url: string): Promise<VerifyResult> {
     const bKey = blobKey(blob.digest);
     const hash = createHash('sha256');
     let size = 0;
-    for await (const chunk of (await get(bKey)).body as unknown as AsyncIterable<Uint8Array>) {
-      hash.update(chunk);
+    for await (const chunk of streamChunks((await get(bKey)).body!, `${origin}/${bKey}`, { hint: URL_HINT })) {
       size += chunk.byteLength;
+      // Stop at once when a blob runs past the manifest's size (an endless body ends here).
+      if (blob.size !== undefined && size > blob.size) break;
+      hash.update(chunk);
     }
     if (blob.size !== undefined && size !== blob.size) throw new FuseloadError('digest-mismatch', `${origin}/${bKey}: ${size} bytes, the manifest says ${blob.size}`);
     const actual = `sha256:${hash.digest('hex')}`;

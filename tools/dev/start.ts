@@ -1,7 +1,8 @@
 /**
  * `npm start`: the whole main job on the built-in sample, on this machine, offline.
  *
- *   sample → build (base + LoRA-merged variants) → publish --local with tags → catalog
+ *   sample (the trained text-to-image pipeline, tools/sample) → build (base + one LoRA-merged
+ *   variant per LoRA) → publish --local with tags → catalog
  *   → wrangler dev (the edge worker over that local R2 state) + Vite (the demo page)
  *
  * One line per step with its time. Ctrl-C (SIGINT) or SIGTERM stops everything it started.
@@ -11,6 +12,7 @@
  *   FUSELOAD_DEV_DIR     work directory, default .fuseload/dev
  *   FUSELOAD_PERSIST_TO  wrangler state, default .wrangler/state (where `fuseload publish --local` writes)
  *   FUSELOAD_HMR=0       no live reload of the page on source edits
+ *   FUSELOAD_SAMPLE_FROM a pipeline laid out as tools/sample/pipeline to use instead (default that one)
  *   PIPELINE_STORE       the build cache (default ~/.cache/fuseload)
  */
 import { createRequire } from 'node:module';
@@ -25,22 +27,46 @@ import { assertPortFree, freePort, type GroupChild, spawnGroup, waitForHttp } fr
 const ROOT = resolve(import.meta.dirname, '../..');
 const HOST = '127.0.0.1';
 
+/** A settings mistake: one line naming the variable, exit 2, before anything starts. */
+class SettingError extends Error {}
+
 function portFrom(name: string, fallback: number): number {
   const raw = process.env[name];
   if (raw === undefined || raw === '') return fallback;
-  const port = Number(raw);
-  if (!Number.isInteger(port) || port < 1 || port > 65535) throw new Error(`${name}=${raw} is not a port number`);
+  const port = Number(raw.trim());
+  if (!/^\d+$/.test(raw.trim()) || !Number.isInteger(port) || port < 1 || port > 65535) {
+    throw new SettingError(`${name}=${JSON.stringify(raw.slice(0, 40))} is not a port number (1-65535; default ${fallback})`);
+  }
   return port;
 }
 
-const config = {
-  edgePort: portFrom('FUSELOAD_EDGE_PORT', 8787),
-  demoPort: portFrom('FUSELOAD_DEMO_PORT', 5173),
-  work: resolve(ROOT, process.env.FUSELOAD_DEV_DIR || '.fuseload/dev'),
-  persistTo: resolve(ROOT, process.env.FUSELOAD_PERSIST_TO || '.wrangler/state'),
-  hmr: !['0', 'false', 'no'].includes((process.env.FUSELOAD_HMR ?? '').toLowerCase()),
-};
-const dirs: PrepareDirs = { work: config.work, persistTo: config.persistTo };
+function readConfig() {
+  const hmr = (process.env.FUSELOAD_HMR ?? '').trim().toLowerCase();
+  if (!['', '0', '1', 'true', 'false', 'yes', 'no', 'on', 'off'].includes(hmr)) {
+    throw new SettingError(`FUSELOAD_HMR=${JSON.stringify(process.env.FUSELOAD_HMR!.slice(0, 40))}: want 0 or 1`);
+  }
+  const config = {
+    edgePort: portFrom('FUSELOAD_EDGE_PORT', 8787),
+    demoPort: portFrom('FUSELOAD_DEMO_PORT', 5173),
+    work: resolve(ROOT, process.env.FUSELOAD_DEV_DIR || '.fuseload/dev'),
+    persistTo: resolve(ROOT, process.env.FUSELOAD_PERSIST_TO || '.wrangler/state'),
+    hmr: !['0', 'false', 'no', 'off'].includes(hmr),
+  };
+  if (config.edgePort === config.demoPort) {
+    throw new SettingError(`FUSELOAD_EDGE_PORT and FUSELOAD_DEMO_PORT are both ${config.edgePort}; give them different ports`);
+  }
+  return config;
+}
+
+let config: ReturnType<typeof readConfig>;
+try {
+  config = readConfig();
+} catch (e) {
+  if (!(e instanceof SettingError)) throw e;
+  process.stderr.write(`fuseload start: ${e.message}\n`);
+  process.exit(2);
+}
+const dirs: PrepareDirs = { work: config.work, persistTo: config.persistTo, sampleFrom: process.env.FUSELOAD_SAMPLE_FROM || undefined };
 const edgeOrigin = `http://${HOST}:${config.edgePort}`;
 // `localhost`, not the IP: browsers treat it as a secure context, which WebGPU needs.
 const pageUrl = `http://localhost:${config.demoPort}${DEMO_PAGE_PATH}`;
@@ -111,8 +137,10 @@ async function main(): Promise<void> {
   await assertPortFree(config.edgePort, HOST, 'FUSELOAD_EDGE_PORT');
   await assertPortFree(config.demoPort, HOST, 'FUSELOAD_DEMO_PORT');
 
-  await step('sample', () => writeDemoSample(dirs), (files) => `${shown(join(config.work, 'sample'))}: ${files.filter((f) => f.endsWith('.onnx') || f.endsWith('.safetensors')).join(', ')}`);
-  const builds = await step('build', () => buildVariants(dirs), (bs) =>
+  const sample = await step('sample', () => writeDemoSample(dirs), (s) =>
+    `${shown(s.dir)}: ${s.files.filter((f) => f.endsWith('/model.onnx')).map((f) => f.split('/')[0]).join(', ')} + LoRAs ${s.loras.map((l) => l.name).join(', ')}`,
+  );
+  const builds = await step('build', () => buildVariants(dirs, sample), (bs) =>
     `${bs.length} artifacts (${bs.filter((b) => b.report.cached).length} from the build cache): ${bs.map((b) => `${b.tag} ${short(b.report.fingerprint)}`).join(', ')}`,
   );
   await step('publish', () => publishVariants(dirs, builds), (reports) => {
@@ -121,7 +149,7 @@ async function main(): Promise<void> {
     const skipped = reports.reduce((n, r) => n + r.skipped.length, 0);
     return `tags ${builds.map((b) => b.tag).join(', ')}: uploaded ${uploaded} (${formatBytes(bytes)}), skipped ${skipped} already there`;
   });
-  await step('catalog', async () => writeCatalog(dirs, await demoCatalog(dirs, edgeOrigin, builds)), (file) => `${shown(file)} → ${DEMO_CATALOG_PATH}`);
+  await step('catalog', async () => writeCatalog(dirs, await demoCatalog(sample, edgeOrigin, builds)), (file) => `${shown(file)} → ${DEMO_CATALOG_PATH}`);
 
   // The two servers start side by side; each line prints when its server answers.
   await Promise.all([

@@ -19,12 +19,10 @@ import { mkdir, open, rename, rm, stat } from 'node:fs/promises';
 import { basename, join, resolve } from 'node:path';
 import { Readable, Transform } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { GetObjectCommand, HeadObjectCommand } from '@aws-sdk/client-s3';
 import { type Digest, isHex } from '../../common/digest.ts';
 import { FuseloadError, badInput } from '../../common/errors.ts';
 import { DiskStore, sha256File } from '../store/disk-store.ts';
-import { type S3ClientOptions, type S3Flags, createS3Client, resolveS3Target } from '../s3/config.ts';
-import { s3Failure } from '../s3/errors.ts';
+import type { S3ClientOptions, S3Flags } from '../s3/config.ts';
 
 export interface ResolveInputOptions {
   /** Where downloads go. Default: the store under PIPELINE_STORE (or ~/.cache/fuseload). */
@@ -77,6 +75,12 @@ async function resolveS3(source: string, store: DiskStore, options: ResolveInput
   const m = /^s3:\/\/([^/]+)\/(.+)$/.exec(source);
   if (!m) throw badInput(source, 'want s3://<bucket>/<key>');
   const [, bucket, key] = m;
+  // The S3 SDK loads only for s3:// inputs: it is most of the CLI's start-up time otherwise.
+  const [{ GetObjectCommand, HeadObjectCommand }, { createS3Client, resolveS3Target }, { s3Failure }] = await Promise.all([
+    import('@aws-sdk/client-s3'),
+    import('../s3/config.ts'),
+    import('../s3/errors.ts'),
+  ]);
   const s3 = resolveS3Target({ ...options.s3, bucket }, options.env, true);
   const client = createS3Client(s3, options.s3);
   const where = { bucket, endpoint: s3.endpoint };

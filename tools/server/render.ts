@@ -19,3 +19,8 @@ export async function renderPng(pipeline: Pipeline, request: RenderRequest): Pro
   const rgba = imageToRgba(image);
   return encode({ width: rgba.width, height: rgba.height, data: rgba.data, channels: 4, depth: 8 });
 }
+
+/** A text-to-image pipeline's RGBA picture → PNG bytes. */
+export function rgbaToPng(image: { width: number; height: number; data: Uint8ClampedArray }): Uint8Array {
+  return encode({ width: image.width, height: image.height, data: image.data, channels: 4, depth: 8 });
+}

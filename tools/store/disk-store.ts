@@ -10,17 +10,22 @@
  * LRU order is the access time, which `get` sets explicitly (mounts may be noatime).
  *
  * Manifests are content-addressed too, and the loader keeps them through the same
- * `put(fingerprint, bytes)`; they are recognised by their `schema` and kept where the bucket
+ * `put(fingerprint, bytes, 'manifest')` (the caller says so; the store never sniffs) and they are kept where the bucket
  * keeps them, `<root>/manifests/sha256/<hex>.json`, outside the blob budget.
+ *
+ * Only regular files are read: a path is looked at with `lstat` and opened with
+ * `O_NOFOLLOW | O_NONBLOCK`, so a symlink is never followed and a FIFO never blocks a read.
+ * Anything else found at a blob's path (FIFO, directory, symlink, socket) is removed, so the
+ * store heals and the blob is fetched again.
  */
 import { createHash, randomBytes } from 'node:crypto';
-import { createReadStream } from 'node:fs';
-import { mkdir, open, readdir, rename, rm, stat, utimes } from 'node:fs/promises';
+import { constants } from 'node:fs';
+import { type FileHandle, lstat, mkdir, open, readdir, rename, rm, stat, utimes } from 'node:fs/promises';
 import { homedir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { type Digest, digestHex, isHex } from '../../common/digest.ts';
-import { MANIFEST_SCHEMA } from '../../common/manifest.ts';
-import type { BlobStore } from '../../common/store.ts';
+import { FuseloadError } from '../../common/errors.ts';
+import type { BlobKind, BlobStore } from '../../common/store.ts';
 
 /** `PIPELINE_STORE`, or `~/.cache/fuseload` (the build cache and the Node runtime share it). */
 export function defaultStoreRoot(env: NodeJS.ProcessEnv = process.env): string {
@@ -42,6 +47,34 @@ export function defaultMaxBytes(env: NodeJS.ProcessEnv = process.env): number | 
 
 /** 2001-09-09T01:46:40Z: the mtime of a blob as we wrote it. Anything else means it was touched. */
 export const VERIFIED_MTIME = 1_000_000_000;
+
+/** Read-only, never through a symlink, never waiting on a FIFO's writer (0 where the OS lacks a flag). */
+const READ_FLAGS = constants.O_RDONLY | (constants.O_NOFOLLOW ?? 0) | (constants.O_NONBLOCK ?? 0);
+
+/**
+ * Opens `path` for reading only when it is a regular file; null when it is anything else (a
+ * symlink, FIFO, directory, socket). Missing → ENOENT as usual.
+ */
+export async function openRegularFile(path: string): Promise<FileHandle | null> {
+  let fh: FileHandle;
+  try {
+    fh = await open(path, READ_FLAGS);
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    // ELOOP: a symlink under O_NOFOLLOW; ENXIO: a socket or a FIFO with no writer (some OSes).
+    if (code === 'ELOOP' || code === 'ENXIO' || code === 'EISDIR' || code === 'EMLINK') return null;
+    throw e;
+  }
+  const s = await fh.stat().catch(async (e) => {
+    await fh.close();
+    throw e;
+  });
+  if (!s.isFile()) {
+    await fh.close();
+    return null;
+  }
+  return fh;
+}
 
 /** Temp files older than this are leftovers of a crashed writer. */
 const STALE_TEMP_MS = 60 * 60 * 1000;
@@ -113,10 +146,55 @@ export class DiskStore implements BlobStore {
 
   async has(digest: Digest): Promise<boolean> {
     for (const path of [this.path(digest), this.manifestPath(digest)]) {
-      const s = await stat(path).catch(() => null);
+      const s = await lstat(path).catch((e) => this.#missing(e));
       if (s?.isFile()) return true;
     }
     return false;
+  }
+
+  /**
+   * Fails with one line when the root (or a folder under it) is not a directory — say
+   * `PIPELINE_STORE` names a file — instead of a store that silently holds nothing.
+   */
+  async check(): Promise<void> {
+    for (const dir of [this.root, join(this.root, 'blobs'), this.blobsDir]) {
+      let s;
+      try {
+        s = await stat(dir);
+      } catch (e) {
+        const code = (e as NodeJS.ErrnoException).code;
+        if (code === 'ENOENT') return; // created on the first put
+        if (code === 'ENOTDIR') throw this.#notADirectory(dir, true); // a file higher up the path
+        throw e;
+      }
+      if (!s.isDirectory()) throw this.#notADirectory(dir);
+    }
+  }
+
+  #notADirectory(dir: string, above = false): FuseloadError {
+    const what = above
+      ? `${this.root}: a part of this path is a file, not a directory`
+      : dir === this.root
+        ? `${dir}: not a directory`
+        : `${this.root}: ${dir.slice(this.root.length + 1)} is not a directory`;
+    return new FuseloadError('bad-input', `${what} — PIPELINE_STORE must name a directory (or be unset for ~/.cache/fuseload)`);
+  }
+
+  /** null for a missing file; a root that is not a directory becomes its one-line error. */
+  async #missing(e: unknown): Promise<null> {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT') return null;
+    if (code === 'ENOTDIR') {
+      await this.check();
+      return null;
+    }
+    throw e;
+  }
+
+  /** Removes whatever non-file sits at a blob's path (FIFO, directory, symlink), so it is fetched again. */
+  async #removeStray(digest: Digest, path: string): Promise<void> {
+    await rm(path, { recursive: true, force: true });
+    this.#onCorrupt?.(digest, path);
   }
 
   async get(digest: Digest): Promise<Uint8Array | null> {
@@ -127,7 +205,12 @@ export class DiskStore implements BlobStore {
   async #read(digest: Digest, path: string): Promise<Uint8Array | null> {
     try {
       if (!(await this.#checkStamp(digest, path))) return null;
-      const fh = await open(path, 'r');
+      const fh = await openRegularFile(path);
+      if (!fh) {
+        // Swapped for something else since the lstat.
+        await this.#removeStray(digest, path);
+        return null;
+      }
       let buffer: Buffer;
       try {
         const before = await fh.stat();
@@ -148,14 +231,20 @@ export class DiskStore implements BlobStore {
       this.#files.set(bytes, path);
       return bytes;
     } catch (e) {
-      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return null;
-      throw e;
+      return this.#missing(e);
     }
   }
 
-  /** True when the file is there with the verified stamp, or re-hashes correctly (then re-stamped). */
+  /**
+   * True when a regular file is there with the verified stamp, or re-hashes correctly (then
+   * re-stamped). Anything but a regular file is removed. Missing → ENOENT.
+   */
   async #checkStamp(digest: Digest, path: string): Promise<boolean> {
-    const s = await stat(path);
+    const s = await lstat(path);
+    if (!s.isFile()) {
+      await this.#removeStray(digest, path);
+      return false;
+    }
     return isStamped(s) || (await this.#verifyFile(digest, path));
   }
 
@@ -168,11 +257,14 @@ export class DiskStore implements BlobStore {
   async locate(digest: Digest, size: number): Promise<string | null> {
     const path = this.path(digest);
     try {
-      let s = await stat(path);
-      if (!s.isFile()) return null;
+      let s = await lstat(path);
+      if (!s.isFile()) {
+        await this.#removeStray(digest, path);
+        return null;
+      }
       if (!isStamped(s)) {
         if (!(await this.#verifyFile(digest, path))) return null;
-        s = await stat(path);
+        s = await lstat(path);
       }
       if (s.size !== size) {
         // Stamped but the wrong length: someone restored our stamp by hand. Not ours any more.
@@ -184,13 +276,12 @@ export class DiskStore implements BlobStore {
       await utimes(path, new Date(), VERIFIED_MTIME).catch(() => {});
       return path;
     } catch (e) {
-      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return null;
-      throw e;
+      return this.#missing(e);
     }
   }
 
-  async put(digest: Digest, bytes: Uint8Array): Promise<void> {
-    if (isManifestBytes(bytes)) {
+  async put(digest: Digest, bytes: Uint8Array, kind: BlobKind = 'blob'): Promise<void> {
+    if (kind === 'manifest') {
       await this.writeAtomic(this.manifestPath(digest), bytes, VERIFIED_MTIME);
       return;
     }
@@ -209,32 +300,52 @@ export class DiskStore implements BlobStore {
   async fileOf(bytes: Uint8Array): Promise<string | null> {
     const path = this.#files.get(bytes);
     if (!path) return null;
-    const s = await stat(path).catch(() => null);
+    const s = await lstat(path).catch(() => null);
     if (!s?.isFile() || s.size !== bytes.byteLength || !isStamped(s)) return null;
     return path;
   }
 
   async delete(digest: Digest): Promise<void> {
-    await rm(this.path(digest), { force: true });
-    await rm(this.manifestPath(digest), { force: true });
+    // recursive: a directory squatting on the name goes too.
+    await rm(this.path(digest), { recursive: true, force: true });
+    await rm(this.manifestPath(digest), { recursive: true, force: true });
   }
 
+  /** Regular files named by a digest; a root that is not a directory is a one-line error, not "0 blobs". */
   async *entries(): AsyncIterable<BlobEntry> {
+    await this.check();
     let names: string[];
     try {
       names = await readdir(this.blobsDir);
-    } catch {
+    } catch (e) {
+      await this.#missing(e);
       return;
     }
     for (const name of names.sort()) {
       if (!isHex(name)) continue; // temp files and strays are not blobs
       try {
-        const s = await stat(join(this.blobsDir, name));
+        const s = await lstat(join(this.blobsDir, name));
+        if (!s.isFile()) continue; // not a blob; get/locate/verify remove it
         yield { digest: `sha256:${name}`, size: s.size, lastUsed: s.atimeMs };
       } catch {
         // deleted while listing
       }
     }
+  }
+
+  /** Removes every non-file under a blob's name (FIFO, directory, symlink); returns how many. */
+  async removeStrays(): Promise<number> {
+    const names = await readdir(this.blobsDir).catch((e) => this.#missing(e).then(() => [] as string[]));
+    let removed = 0;
+    for (const name of names) {
+      if (!isHex(name)) continue;
+      const s = await lstat(join(this.blobsDir, name)).catch(() => null);
+      if (s && !s.isFile()) {
+        await this.#removeStray(`sha256:${name}`, join(this.blobsDir, name));
+        removed++;
+      }
+    }
+    return removed;
   }
 
   /** Total bytes of blobs held. */
@@ -257,19 +368,20 @@ export class DiskStore implements BlobStore {
   }
 
   async #verifyFile(digest: Digest, path: string): Promise<boolean> {
-    const actual = await sha256File(path).catch(() => null);
+    const actual = await sha256File(path).catch((e: unknown) => (isNotRegular(e) ? ('not-a-file' as const) : null));
     if (actual === digest) {
-      const s = await stat(path).catch(() => null);
+      const s = await lstat(path).catch(() => null);
       if (s) await utimes(path, s.atime, VERIFIED_MTIME).catch(() => {});
       return true;
     }
-    await rm(path, { force: true });
+    await rm(path, { recursive: true, force: true });
     if (actual !== null) this.#onCorrupt?.(digest, path);
     return false;
   }
 
-  /** Re-hashes every blob (removing the bad ones). */
+  /** Re-hashes every blob (removing the bad ones, and anything at a blob's name that is not a file). */
   async verifyAll(onBlob?: (digest: Digest, ok: boolean) => void): Promise<VerifyResult> {
+    await this.removeStrays();
     const result: VerifyResult = { checked: 0, ok: 0, removed: [] };
     for await (const e of this.entries()) {
       const ok = await this.verify(e.digest);
@@ -289,6 +401,7 @@ export class DiskStore implements BlobStore {
    */
   async prune(maxBytes: number, options: { keep?: Digest[] } = {}): Promise<PruneResult> {
     await this.removeStaleTemps();
+    await this.removeStrays();
     const keep = new Set(options.keep ?? []);
     const all: BlobEntry[] = [];
     for await (const e of this.entries()) all.push(e);
@@ -314,8 +427,8 @@ export class DiskStore implements BlobStore {
   /** Marks a blob used now, for LRU eviction (atime only: mtime is the verified stamp). */
   async touch(digest: Digest): Promise<void> {
     const path = this.path(digest);
-    const s = await stat(path).catch(() => null);
-    if (s) await utimes(path, new Date(), s.mtime).catch(() => {});
+    const s = await lstat(path).catch(() => null);
+    if (s?.isFile()) await utimes(path, new Date(), s.mtime).catch(() => {});
   }
 
   /**
@@ -323,10 +436,14 @@ export class DiskStore implements BlobStore {
    * name. `mtime` (seconds) is set before the rename, so the blob never appears unstamped.
    */
   async writeAtomic(target: string, bytes: Uint8Array, mtime?: number): Promise<void> {
-    const dir = join(target, '..');
-    await mkdir(dir, { recursive: true });
+    const dir = dirname(target);
+    await mkdir(dir, { recursive: true }).catch(async (e: NodeJS.ErrnoException) => {
+      if (e.code === 'ENOTDIR' || e.code === 'EEXIST') await this.check();
+      throw e;
+    });
     const temp = join(dir, `.tmp-${randomBytes(6).toString('hex')}`);
-    const fh = await open(temp, 'w');
+    // wx: a fresh file of ours, never through something planted under the temp name.
+    const fh = await open(temp, 'wx');
     try {
       await fh.writeFile(bytes);
       if (mtime !== undefined) await fh.utimes(new Date(), mtime);
@@ -337,7 +454,21 @@ export class DiskStore implements BlobStore {
       throw e;
     }
     await fh.close();
-    await rename(temp, target);
+    try {
+      await rename(temp, target);
+    } catch (e) {
+      // A directory squatting on the name: rename cannot replace it. Remove it, try once more.
+      const code = (e as NodeJS.ErrnoException).code;
+      if (code !== 'EISDIR' && code !== 'ENOTEMPTY' && code !== 'EEXIST' && code !== 'EPERM') {
+        await rm(temp, { force: true });
+        throw e;
+      }
+      await rm(target, { recursive: true, force: true });
+      await rename(temp, target).catch(async (again) => {
+        await rm(temp, { force: true });
+        throw again;
+      });
+    }
   }
 
   async removeStaleTemps(now = Date.now()): Promise<number> {
@@ -346,7 +477,7 @@ export class DiskStore implements BlobStore {
       const names = await readdir(dir).catch(() => [] as string[]);
       for (const name of names) {
         if (!name.includes('.tmp-')) continue; // ours (.tmp-x) and the build tool's (<hex>.tmp-x)
-        const s = await stat(join(dir, name)).catch(() => null);
+        const s = await lstat(join(dir, name)).catch(() => null);
         // ctime, not mtime: a temp file carries the verified mtime stamp before its rename.
         if (s && now - s.ctimeMs > STALE_TEMP_MS) {
           await rm(join(dir, name), { force: true });
@@ -362,21 +493,22 @@ function isStamped(s: { mtimeMs: number }): boolean {
   return Math.floor(s.mtimeMs / 1000) === VERIFIED_MTIME;
 }
 
-/** A manifest's canonical JSON starts with `{` and names our schema; blobs are binary or other JSON. */
-function isManifestBytes(bytes: Uint8Array): boolean {
-  if (bytes[0] !== 0x7b || bytes.byteLength > 16 * 1024 * 1024) return false;
-  try {
-    return (JSON.parse(new TextDecoder().decode(bytes)) as { schema?: unknown })?.schema === MANIFEST_SCHEMA;
-  } catch {
-    return false;
-  }
+const NOT_REGULAR = Symbol('not a regular file');
+
+function isNotRegular(e: unknown): boolean {
+  return typeof e === 'object' && e !== null && NOT_REGULAR in e;
 }
 
-/** Streaming SHA-256 of a file, for blobs too large to hold in memory. */
-export function sha256File(path: string): Promise<Digest> {
+/**
+ * Streaming SHA-256 of a regular file, for blobs too large to hold in memory. Anything else
+ * (a FIFO, which would block forever; a symlink; a directory) is refused with one line.
+ */
+export async function sha256File(path: string): Promise<Digest> {
+  const fh = await openRegularFile(path);
+  if (!fh) throw Object.assign(new FuseloadError('bad-input', `${path}: not a regular file`), { [NOT_REGULAR]: true });
   return new Promise((resolve, reject) => {
     const hash = createHash('sha256');
-    createReadStream(path)
+    fh.createReadStream()
       .on('data', (chunk) => hash.update(chunk))
       .on('error', reject)
       .on('end', () => resolve(`sha256:${hash.digest('hex')}`));

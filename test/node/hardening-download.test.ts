@@ -1,0 +1,187 @@
+import { afterEach, describe, expect, it } from 'vitest';
+import { sha256 } from '../../common/digest.ts';
+import { isFuseloadError } from '../../common/errors.ts';
+import { fetchWithDeadline, READ_LIMITS, readBounded, streamChunks } from '../../common/loader/bounded-read.ts';
+import { downloadBlob } from '../../common/loader/download.ts';
+import { startHttpOrigin, startStalledOrigin, type TestServer } from '../support/stalled-origin.ts';
+
+const servers: TestServer[] = [];
+afterEach(async () => {
+  await Promise.all(servers.splice(0).map((s) => s.close()));
+});
+const track = <T extends TestServer>(s: T) => (servers.push(s), s);
+
+async function failure(promise: Promise<unknown>): Promise<{ code: string; message: string }> {
+  try {
+    await promise;
+  } catch (e) {
+    if (!isFuseloadError(e)) throw e;
+    expect(e.message).not.toContain('\n');
+    return { code: e.code, message: e.message };
+  }
+  throw new Error('expected a failure');
+}
+
+/** A body that counts what it produced: `chunk` bytes per pull, `total` at most (Infinity: endless). */
+function countingBody(chunk: number, total = Number.POSITIVE_INFINITY) {
+  const state = { produced: 0 };
+  const body = new ReadableStream<Uint8Array>(
+    {
+      pull(controller) {
+        if (state.produced >= total) return controller.close();
+        const n = Math.min(chunk, total - state.produced);
+        state.produced += n;
+        controller.enqueue(new Uint8Array(n).fill(7));
+      },
+    },
+    { highWaterMark: 0 },
+  );
+  return { body, state };
+}
+
+describe('origin deadlines', () => {
+  it('a stalled origin (accepts, never answers) is given up after the headers deadline, in one line; the next request succeeds', async () => {
+    const stalled = track(await startStalledOrigin());
+    const started = performance.now();
+    const err = await failure(fetchWithDeadline(fetch, `${stalled.url}/tags/m/latest.json`, {}, { headersMs: 300 }));
+    expect(performance.now() - started).toBeLessThan(3000);
+    expect(err.code).toBe('network');
+    expect(err.message).toBe(`${stalled.url}/tags/m/latest.json: no response within 300 ms — is the origin up? (check --origin / FUSELOAD_ORIGIN)`);
+
+    const healthy = track(await startHttpOrigin((_, res) => res.end('{"manifest":"x"}')));
+    const res = await fetchWithDeadline(fetch, `${healthy.url}/tags/m/latest.json`, {}, { headersMs: 300 });
+    expect(await res.text()).toBe('{"manifest":"x"}');
+  });
+
+  it('downloadBlob does not retry a stalled origin five times: the headers deadline is final', async () => {
+    const stalled = track(await startStalledOrigin());
+    const bytes = new Uint8Array(100).fill(1);
+    const started = performance.now();
+    const err = await failure(
+      downloadBlob({ url: `${stalled.url}/blobs/sha256/${'ab'.repeat(32)}`, digest: await sha256(bytes), size: 100, fetch, headersTimeoutMs: 300, backoffMs: 10 }),
+    );
+    expect(err.code).toBe('network');
+    expect(err.message).toMatch(/\/blobs\/sha256\/(ab)+: no response within 300 ms — is the origin up\?/);
+    expect(stalled.connections).toBe(1);
+    expect(performance.now() - started).toBeLessThan(3000);
+  });
+
+  it('a body that goes silent mid-way is resumed with a Range request after the idle deadline', async () => {
+    const bytes = new Uint8Array(64 * 1024).map((_, i) => i & 0xff);
+    const digest = await sha256(bytes);
+    const ranges: (string | undefined)[] = [];
+    const origin = track(
+      await startHttpOrigin((req, res) => {
+        ranges.push(req.headers.range);
+        if (!req.headers.range) {
+          res.writeHead(200, { 'Content-Length': bytes.length, ETag: `"${digest}"` });
+          res.write(bytes.subarray(0, 1000)); // then silence, connection open
+          return;
+        }
+        const start = Number(/bytes=(\d+)-/.exec(req.headers.range)![1]);
+        res.writeHead(206, { 'Content-Length': bytes.length - start, 'Content-Range': `bytes ${start}-${bytes.length - 1}/${bytes.length}` });
+        res.end(bytes.subarray(start));
+      }),
+    );
+    const result = await downloadBlob({ url: `${origin.url}/blobs/x`, digest, size: bytes.length, fetch, idleTimeoutMs: 200, backoffMs: 10 });
+    expect(result.bytes).toEqual(bytes);
+    expect(result.rangeRequests).toBe(1);
+    expect(ranges).toEqual([undefined, 'bytes=1000-']);
+  });
+
+  it('the caller’s abort stops a silent body at once', async () => {
+    const origin = track(await startHttpOrigin((_, res) => res.writeHead(200, { 'Content-Type': 'application/json' }).flushHeaders()));
+    const ctrl = new AbortController();
+    const res = await fetchWithDeadline(fetch, `${origin.url}/tags/m/t.json`, {}, { signal: ctrl.signal });
+    setTimeout(() => ctrl.abort(), 50);
+    const err = await failure(readBounded(res, 1024, 'tags/m/t.json', { signal: ctrl.signal }));
+    expect(err.code).toBe('aborted');
+  });
+
+  it('never shows credentials or a signature from the URL', async () => {
+    const stalled = track(await startStalledOrigin());
+    const url = `http://user:hunter2@127.0.0.1:${stalled.port}/tags/m/latest.json?sig=s3cr3t`;
+    const err = await failure(fetchWithDeadline(fetch, url, {}, { headersMs: 100 }).catch((e) => Promise.reject(e)));
+    expect(err.message).not.toMatch(/hunter2|user:|s3cr3t/);
+  });
+});
+
+describe('size caps: one line, bounded memory', () => {
+  it('an oversized tag is refused from its Content-Length, before the body is read', async () => {
+    const { body, state } = countingBody(1024, 1024 * 1024);
+    const res = new Response(body, { headers: { 'Content-Length': String(1024 * 1024) } });
+    const err = await failure(readBounded(res, READ_LIMITS.tagBytes, 'https://origin/tags/m/latest.json'));
+    expect(err).toEqual({ code: 'too-large', message: 'https://origin/tags/m/latest.json: 1048576 bytes (Content-Length), over the 4 KiB cap for this file' });
+    expect(state.produced).toBe(0);
+  });
+
+  it('an endless manifest without Content-Length is cut off just past the cap', async () => {
+    const { body, state } = countingBody(64 * 1024);
+    const err = await failure(readBounded(new Response(body), READ_LIMITS.manifestBytes, 'manifests/sha256/ab.json'));
+    expect(err.message).toBe(`manifests/sha256/ab.json: more than ${READ_LIMITS.manifestBytes} bytes, over the 16 MiB cap for this file`);
+    expect(state.produced).toBeLessThanOrEqual(READ_LIMITS.manifestBytes + 2 * 64 * 1024);
+  });
+
+  it('a LoRA body over a configured cap is refused; one under it is returned whole', async () => {
+    const over = countingBody(4096, 10_000);
+    const err = await failure(readBounded(new Response(over.body), 8192, 'blobs/sha256/lora'));
+    expect(err.message).toBe('blobs/sha256/lora: more than 8192 bytes, over the 8 KiB cap for this file');
+    const under = countingBody(4096, 8192);
+    const bytes = await readBounded(new Response(under.body, { headers: { 'Content-Length': '8192' } }), 8192, 'blobs/sha256/lora');
+    expect(bytes.byteLength).toBe(8192);
+    expect(bytes.every((b) => b === 7)).toBe(true);
+  });
+
+  it('a Content-Length that lies low costs no more than the cap', async () => {
+    const { body } = countingBody(1000, 5000);
+    const bytes = await readBounded(new Response(body, { headers: { 'Content-Length': '10' } }), 6000, 'x');
+    expect(bytes.byteLength).toBe(5000);
+  });
+
+  it('a shard larger than the per-blob cap is refused before anything is fetched or allocated', async () => {
+    let fetched = 0;
+    const counting: typeof fetch = async (...args) => (fetched++, fetch(...args));
+    const err = await failure(
+      downloadBlob({ url: 'https://origin/blobs/sha256/ab', digest: `sha256:${'ab'.repeat(32)}`, size: 3 * 1024 ** 3, fetch: counting }),
+    );
+    expect(err).toEqual({ code: 'too-large', message: 'https://origin/blobs/sha256/ab: the manifest names 3221225472 bytes, over the 2 GiB per-blob cap' });
+    expect(fetched).toBe(0);
+    const small = await failure(downloadBlob({ url: 'https://origin/b', digest: `sha256:${'ab'.repeat(32)}`, size: 2048, fetch: counting, maxBlobBytes: 1024 }));
+    expect(small.message).toMatch(/over the 1 KiB per-blob cap/);
+  });
+
+  it('a shard whose Content-Length disagrees with the manifest is refused before its body is read', async () => {
+    const { body, state } = countingBody(1024, 1024 * 1024);
+    const fake: typeof fetch = async () => new Response(body, { headers: { 'Content-Length': String(1024 * 1024) } });
+    const err = await failure(downloadBlob({ url: 'https://origin/blobs/sha256/ab', digest: `sha256:${'ab'.repeat(32)}`, size: 100, fetch: fake }));
+    expect(err).toEqual({ code: 'digest-mismatch', message: 'https://origin/blobs/sha256/ab: Content-Length 1048576, but the manifest names 100 bytes' });
+    expect(state.produced).toBe(0);
+  });
+
+  it('a shard body longer than the manifest says stops right after its size', async () => {
+    const { body, state } = countingBody(1000);
+    const fake: typeof fetch = async () => new Response(body);
+    const err = await failure(downloadBlob({ url: 'https://origin/b', digest: `sha256:${'ab'.repeat(32)}`, size: 5000, fetch: fake }));
+    expect(err.message).toBe('https://origin/b: more than the 5000 bytes the manifest names');
+    expect(state.produced).toBeLessThanOrEqual(7000);
+  });
+
+  it('streamChunks releases the connection when the consumer stops early', async () => {
+    let cancelled = false;
+    const body = new ReadableStream<Uint8Array>({
+      pull: (c) => c.enqueue(new Uint8Array(10)),
+      cancel: () => void (cancelled = true),
+    });
+    for await (const _ of streamChunks(body, 'x')) break;
+    expect(cancelled).toBe(true);
+  });
+});
+
+describe('Content-Length of an encoded body', () => {
+  it('is not held against the decoded size (fetch decodes gzip and br)', async () => {
+    const bytes = new Uint8Array(5000).fill(3);
+    const fake: typeof fetch = async () => new Response(bytes, { headers: { 'Content-Length': '40', 'Content-Encoding': 'gzip' } });
+    const result = await downloadBlob({ url: 'https://origin/b', digest: await sha256(bytes), size: 5000, fetch: fake });
+    expect(result.bytes).toEqual(bytes);
+  });
+});
