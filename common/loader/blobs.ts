@@ -12,6 +12,7 @@ import type { BlobRef } from '../manifest.ts';
 import type { CacheSource } from '../pipeline.ts';
 import { type BlobStore, MemoryStore } from '../store.ts';
 import { abortError, downloadBlob, throwIfAborted } from './download.ts';
+import { fetchWithDeadline, readBounded, shownUrl } from './bounded-read.ts';
 import type { Progress } from './progress.ts';
 
 export interface BlobSourceOptions {
@@ -189,18 +190,16 @@ export function createBlobSource(o: BlobSourceOptions) {
     return { blobs, sources, bytesFetched };
   }
 
-  /** A small mutable or unsized object (tag, manifest) over HTTP, as bytes. */
-  async function fetchSmall(url: string, signal: AbortSignal | undefined, cache: RequestCache): Promise<Uint8Array> {
-    let response: Response;
-    try {
-      response = await o.fetch(url, { signal, cache });
-    } catch (e) {
-      if (signal?.aborted) throw abortError(url, signal);
-      throw new FuseloadError('network', `${url}: ${errorText(e)}`, { cause: e });
-    }
-    if (response.status === 404) throw new FuseloadError('not-found', `${url}: HTTP 404`);
-    if (!response.ok) throw new FuseloadError('network', `${url}: HTTP ${response.status}`);
-    return new Uint8Array(await response.arrayBuffer());
+  /**
+   * A small object (tag, manifest) over HTTP, as bytes: a deadline to the headers, an idle
+   * deadline in the body, and a cap enforced while it streams (bounded-read.ts).
+   */
+  async function fetchSmall(url: string, signal: AbortSignal | undefined, cache: RequestCache, maxBytes: number): Promise<Uint8Array> {
+    const response = await fetchWithDeadline(o.fetch, url, { cache }, { signal });
+    const shown = shownUrl(url);
+    if (response.status === 404) throw new FuseloadError('not-found', `${shown}: HTTP 404`);
+    if (!response.ok) throw new FuseloadError('network', `${shown}: HTTP ${response.status}`);
+    return readBounded(response, maxBytes, shown, { signal });
   }
 
   return {

@@ -5,17 +5,19 @@
  * component on the first provider that works (sessions.ts). The browser runtime (web/) and the
  * Node runtime (tools/runtime/) supply the Engine, the BlobStore and the lock; the rest is here.
  */
-import { type Digest, digestHex, toDigest } from '../digest.ts';
+import { type Digest, digestHex, sha256, toDigest } from '../digest.ts';
 import { FuseloadError, isFuseloadError } from '../errors.ts';
 import { isName, manifestKey, tagKey } from '../keys.ts';
 import { type AnyManifest, type BlobRef, type Component, componentEntries, decodeManifest, type PipelineManifest, pipelineView, parseTag, type Role } from '../manifest.ts';
-import type { CacheSource, ComponentInfo, Device, Engine, EngineSession, ExternalDataFile, Feeds, LoadPipelineOptions, Pipeline, PipelineInfo, Provider } from '../pipeline.ts';
+import type { CacheSource, ComponentInfo, Device, Engine, EngineSession, ExternalDataFile, Feeds, LoadPipelineOptions, LoraOverlay, Pipeline, PipelineInfo, Provider } from '../pipeline.ts';
 import type { BlobStore, MemoryStore } from '../store.ts';
 import { createBlobSource, errorText } from './blobs.ts';
+import { READ_LIMITS } from './bounded-read.ts';
 import { throwIfAborted } from './download.ts';
-import { createOverlayRuntime, type OverlayLora, overlayKey, resolveOverlays } from './overlay.ts';
+import { createOverlayRuntime, type OverlayLora, type OverlayPlan, overlayKey, resolveOverlays } from './overlay.ts';
 import { Progress } from './progress.ts';
 import { createSession } from './sessions.ts';
+import { createSwitchRuntime, type LoraSwitchMode, type LoraWeights, type SwitchableComponent, switchableGraph } from './switch.ts';
 import { createGenerator, type Generator } from './text-to-image.ts';
 
 /**
@@ -26,9 +28,11 @@ export interface FileEngine extends Engine {
   /**
    * `graph` is the graph blob's file; each shard's `file` is its blob's file, `path` the name the
    * graph's `location` gives it. Null when it cannot use the files as they lie: the loader then
-   * reads the bytes and calls `create`.
+   * reads the bytes and calls `create`. `edited`, when given, is the graph to run instead of the
+   * file's own bytes (the file's graph edited for LoRA switching, switchable-graph.ts), its
+   * external data still the files.
    */
-  createFromFiles(graph: string, externalData: { path: string; file: string }[], provider: Provider): Promise<EngineSession | null>;
+  createFromFiles(graph: string, externalData: { path: string; file: string }[], provider: Provider, edited?: Uint8Array): Promise<EngineSession | null>;
 }
 
 export interface LoaderRuntime {
@@ -57,6 +61,13 @@ export interface LoaderRuntime {
   warn?: (message: string) => void;
   /** Load-time LoRA overlays: weights with at least this many elements merge on onnxruntime, smaller ones in JS (default 2^20). */
   overlayOrtMinElements?: number;
+  /**
+   * Switching LoRAs without a new session (switch.ts): `auto` (default) chooses per provider
+   * and weight, `weights` / `branches` force one way (for measuring), false turns it off (every
+   * overlay set merges into shard copies for new sessions). Needs an engine that says how it
+   * takes fed weights (`Engine.weightFeeding`).
+   */
+  loraSwitch?: LoraSwitchMode | false;
 }
 
 export interface Loader {
@@ -79,6 +90,19 @@ interface CachedPipeline {
   generator: Generator | null;
   handles: number;
   released: boolean;
+  /** Components whose sessions switch LoRAs in place (switch.ts); empty for a copy-on-merge build. */
+  switchable: Map<Role, SwitchableComponent>;
+  /** What a switch needs again: where the blobs come from, the manifest's view, the assets. */
+  origin: string;
+  model: string;
+  view: PipelineManifest;
+  assets: Map<string, Uint8Array>;
+}
+
+/** Load-time overlays for a switchable handle: what they change (planned) and their files (for `info`). */
+interface SwitchOverlays {
+  plan: OverlayPlan;
+  loras: OverlayLora[];
 }
 
 /** Roles in the order their sessions are created; the main component's provider is `info.provider`. */
@@ -100,6 +124,8 @@ export function createLoader(runtime: LoaderRuntime): Loader {
   const { memory } = blobs;
   const pipelines = new Map<string, Promise<CachedPipeline>>();
   const overlay = createOverlayRuntime({ engine, memory, store, fetch: fetchFn, warn, ortMinElements: runtime.overlayOrtMinElements });
+  const switchMode = runtime.loraSwitch ?? 'auto';
+  const switcher = createSwitchRuntime({ engine, warn, ortMinElements: runtime.overlayOrtMinElements });
 
   async function loadPipeline(options: LoadPipelineOptions): Promise<Pipeline> {
     const { signal } = options;
@@ -114,7 +140,7 @@ export function createLoader(runtime: LoaderRuntime): Loader {
     // A fetched manifest is stored once the load's blobs are in hand: written earlier, under a
     // byte budget it could evict a stored blob this very load is about to read.
     const keepManifest = async () => {
-      if (fetched) await store.put(fingerprint, fetched).catch((e) => warn(`${manifestKey(fingerprint)}: not cached (${errorText(e)})`));
+      if (fetched) await store.put(fingerprint, fetched, 'manifest').catch((e) => warn(`${manifestKey(fingerprint)}: not cached (${errorText(e)})`));
     };
     const providers = engine.providers(options.device ?? 'auto');
     if (providers.length === 0) throw new FuseloadError('unsupported', `device: "${options.device}" names no provider this runtime has`);
@@ -126,26 +152,50 @@ export function createLoader(runtime: LoaderRuntime): Loader {
           get: (ref) => blobs.getBlob(origin, ref, progress, signal, Promise.resolve()),
         })
       : [];
-    const prefix = `${fingerprint}|${overlayKey(loras)}|`;
+    const load = (withLoras: OverlayLora[]) => cachedOrBuilt(origin, options.model, fingerprint, manifest, view, withLoras, providers, options.device ?? 'auto', progress, signal);
 
-    // The pipeline cache: keyed by the provider chain asked for, and by the provider that ran
-    // (so device 'webgpu' finds what 'auto' built on WebGPU).
+    // Same base, other LoRAs: the base's sessions, with this handle's own overlay feeds.
+    if (loras.length && switching()) {
+      const switched = await loadSwitched(view, loras, () => load([]), options.model);
+      if (switched) {
+        await keepManifest();
+        return switched;
+      }
+    }
+    const { entry, fromCache } = await load(loras);
+    await keepManifest();
+    return handle(entry, fromCache);
+  }
+
+  /**
+   * The pipeline cache: keyed by (fingerprint, overlays, the provider chain asked for), and by
+   * the provider that ran (so device 'webgpu' finds what 'auto' built on WebGPU).
+   */
+  async function cachedOrBuilt(
+    origin: string,
+    model: string,
+    fingerprint: Digest,
+    manifest: AnyManifest,
+    view: PipelineManifest,
+    loras: OverlayLora[],
+    providers: Provider[],
+    device: Device,
+    progress: Progress,
+    signal: AbortSignal | undefined,
+  ): Promise<{ entry: CachedPipeline; fromCache: boolean }> {
+    const prefix = `${fingerprint}|${overlayKey(loras)}|`;
     const key = prefix + providers.join(',');
     const cached = pipelines.get(key);
     if (cached) {
       const entry = await cached.catch(() => null);
-      if (entry && !entry.released) {
-        await keepManifest();
-        return handle(entry, true);
-      }
+      if (entry && !entry.released) return { entry, fromCache: true };
     }
-    const building = build(origin, options.model, fingerprint, manifest, view, loras, providers, options.device ?? 'auto', progress, signal);
+    const building = build(origin, model, fingerprint, manifest, view, loras, providers, device, progress, signal);
     pipelines.set(key, building);
     try {
       const entry = await building;
       pipelines.set(prefix + entry.info.provider, building);
-      await keepManifest();
-      return handle(entry, false);
+      return { entry, fromCache: false };
     } catch (e) {
       if (pipelines.get(key) === building) pipelines.delete(key);
       throw e;
@@ -177,12 +227,15 @@ export function createLoader(runtime: LoaderRuntime): Loader {
     const plan = overlay.planOverlays(view, loras);
     const sessions: Partial<Record<Role, EngineSession>> = {};
     const infos: Partial<Record<Role, ComponentInfo>> = {};
+    // A base's sessions are made switchable once; an overlay set that cannot switch gets plain ones over shard copies.
+    const switchable = new Map<Role, SwitchableComponent>();
+    const editFor = loras.length === 0 && switching() ? (role: Role, c: Component, graph: Uint8Array, provider: Provider) => editForSwitching(model, role, c, graph, provider, switchable) : null;
     try {
       // Components no overlay touches may load straight from the store's files (no bytes read here).
       const pending: [Role, Component][] = [];
       for (const [role, c] of components) {
         const touched = (plan.terms.get(role)?.size ?? 0) > 0;
-        const mapped = touched ? null : await fromStoreFiles(`${model}/${role}`, role, c, providers, progress, signal);
+        const mapped = touched ? null : await fromStoreFiles(`${model}/${role}`, role, c, providers, progress, signal, editFor);
         if (!mapped) {
           pending.push([role, c]);
           continue;
@@ -206,7 +259,7 @@ export function createLoader(runtime: LoaderRuntime): Loader {
         const created = (await createSession({
           label: components.length === 1 ? model : label,
           providers,
-          create: (provider) => engine.create(graph, files, provider, device),
+          create: (provider) => engine.create(editFor?.(role, c, graph, provider) ?? graph, files, provider, device),
           warn,
           signal,
           onAttempt: (_provider, done) => progress.emit('session', c.graph.digest, done ? 1 : 0, 1, { component: role }),
@@ -229,7 +282,7 @@ export function createLoader(runtime: LoaderRuntime): Loader {
         fromPipelineCache: false,
       };
       const generator = view.kind === 'text-to-image' ? createGenerator(model, sessions, assets) : null;
-      return { sessions, info, generator, handles: 0, released: false };
+      return { sessions, info, generator, handles: 0, released: false, switchable, origin, model, view, assets };
     } catch (e) {
       for (const s of Object.values(sessions)) await s?.release().catch(() => {});
       throw e;
@@ -242,7 +295,15 @@ export function createLoader(runtime: LoaderRuntime): Loader {
    * byte path: a blob in memory, missing or corrupt in the store, files the engine cannot use,
    * or every provider failing on them (the byte path then gives the real reason).
    */
-  async function fromStoreFiles(label: string, role: Role, c: Component, providers: Provider[], progress: Progress, signal: AbortSignal | undefined) {
+  async function fromStoreFiles(
+    label: string,
+    role: Role,
+    c: Component,
+    providers: Provider[],
+    progress: Progress,
+    signal: AbortSignal | undefined,
+    editFor: ((role: Role, c: Component, graph: Uint8Array, provider: Provider) => Uint8Array | null) | null = null,
+  ) {
     const createFromFiles = (engine as Partial<FileEngine>).createFromFiles?.bind(engine);
     const locate = store.locate?.bind(store);
     if (!createFromFiles || !locate) return null;
@@ -253,10 +314,13 @@ export function createLoader(runtime: LoaderRuntime): Loader {
     if (files.some((f) => f === null)) return null;
     const fileOf = new Map(refs.map((ref, i) => [ref.digest, files[i]!]));
     const externalData = c.shards.map((s) => ({ path: digestHex(s.digest), file: fileOf.get(s.digest)! }));
+    // Switching edits the graph blob (small: weights are external), read from the store, not kept in memory.
+    const stored = editFor ? await store.get(c.graph.digest).catch(() => null) : null;
+    if (editFor && (!stored || (!store.verifiesReads && (await sha256(stored)) !== c.graph.digest))) return null;
     const created = await createSession({
       label,
       providers,
-      create: (provider) => createFromFiles(fileOf.get(c.graph.digest)!, externalData, provider),
+      create: (provider) => createFromFiles(fileOf.get(c.graph.digest)!, externalData, provider, (stored && editFor?.(role, c, stored, provider)) ?? undefined),
       warn,
       signal,
       quiet: true,
@@ -266,10 +330,11 @@ export function createLoader(runtime: LoaderRuntime): Loader {
     return created;
   }
 
-  function handle(entry: CachedPipeline, fromPipelineCache: boolean): Pipeline {
+  /** A handle on an entry; on a switchable one it gets its own LoraWeights, and `overlays` are applied before it is returned. */
+  async function handle(entry: CachedPipeline, fromPipelineCache: boolean, overlays?: SwitchOverlays): Promise<Pipeline> {
     entry.handles++;
     let disposed = false;
-    const info: PipelineInfo = fromPipelineCache
+    let info: PipelineInfo = fromPipelineCache
       ? {
           ...entry.info,
           fromPipelineCache: true,
@@ -280,23 +345,51 @@ export function createLoader(runtime: LoaderRuntime): Loader {
     const alive = (what: string) => {
       if (disposed) throw new FuseloadError('bad-input', `pipeline ${entry.info.fingerprint}: ${what} after dispose`);
     };
+    let weights: LoraWeights | null = null;
+    let sessions = entry.sessions;
+    let generator = entry.generator;
+    if (entry.switchable.size) {
+      weights = switchWeights(entry);
+      sessions = { ...entry.sessions, ...weights.sessions };
+      generator = entry.view.kind === 'text-to-image' ? createGenerator(entry.model, sessions, entry.assets) : null;
+      try {
+        info = await applySwitch(entry, weights, info, overlays ?? { plan: { applied: [], terms: new Map() }, loras: [] });
+      } catch (e) {
+        await weights.dispose();
+        entry.handles--;
+        throw e;
+      }
+    }
     return {
-      info,
-      sessions: entry.sessions,
+      get info() {
+        return info;
+      },
+      sessions,
       async run(feeds: Feeds) {
         alive('run');
-        const session = entry.sessions.model;
+        const session = sessions.model;
         if (!session) throw new FuseloadError('bad-input', `${entry.info.manifest.name}: run() is for "graph" pipelines; this one is "${entry.info.kind}" (use generate(), or sessions[role].run())`);
         return session.run(feeds);
       },
       async generate(options) {
         alive('generate');
-        if (!entry.generator) throw new FuseloadError('bad-input', `${entry.info.manifest.name}: generate() needs a text-to-image pipeline; this one is "${entry.info.kind}" (use run())`);
-        return entry.generator.generate(options);
+        if (!generator) throw new FuseloadError('bad-input', `${entry.info.manifest.name}: generate() needs a text-to-image pipeline; this one is "${entry.info.kind}" (use run())`);
+        return generator.generate(options);
+      },
+      async setLoras(loras: LoraOverlay[]) {
+        alive('setLoras');
+        if (!weights) {
+          throw new FuseloadError('unsupported', `${entry.info.manifest.name}: this pipeline's sessions were built over LoRA-merged shard copies and cannot switch; load it again with these loras`);
+        }
+        const next = await switchOverlays(entry, loras);
+        const why = switcher.problem(entry.switchable, next.plan, entry.model);
+        if (why) throw new FuseloadError('unsupported', `${why}; load the pipeline again with these loras (merged into shard copies)`);
+        info = await applySwitch(entry, weights, { ...info, sources: { ...info.sources }, bytesFetched: 0 }, next);
       },
       async dispose() {
         if (disposed) return;
         disposed = true;
+        await weights?.dispose();
         // The sessions are shared by every handle of this cache key: release them with the last one.
         if (--entry.handles > 0) return;
         await releaseEntry(entry);
@@ -311,6 +404,84 @@ export function createLoader(runtime: LoaderRuntime): Loader {
     for (const s of Object.values(entry.sessions)) await s?.release();
   }
 
+  // ------------------------------------------------------------------ switching LoRAs without a new session (switch.ts)
+
+  /** Whether this loader makes base sessions switchable: asked for, and the engine says how it takes fed weights. */
+  function switching(): boolean {
+    return switchMode !== false && typeof engine.weightFeeding === 'function';
+  }
+
+  /** The graph `provider`'s session gets for `role` (edited, and recorded in `into`), or null for the plain one. */
+  function editForSwitching(model: string, role: Role, c: Component, graph: Uint8Array, provider: Provider, into: Map<Role, SwitchableComponent>): Uint8Array | null {
+    into.delete(role);
+    const feeding = engine.weightFeeding?.(provider) ?? null;
+    if (!feeding || switchMode === false) return null;
+    const edited = switchableGraph(graph, c, role, provider, feeding, switchMode, `${model}/${role}`);
+    if (!edited) return null;
+    into.set(role, edited.component);
+    return edited.graph;
+  }
+
+  /**
+   * `loras` on the base's sessions (built, or from the pipeline cache) as a new handle with its
+   * own overlay feeds; null when some weight they land on is not switchable in those sessions
+   * (the caller then merges into shard copies for new sessions, the path before switching).
+   */
+  async function loadSwitched(view: PipelineManifest, loras: OverlayLora[], loadBase: () => Promise<{ entry: CachedPipeline; fromCache: boolean }>, model: string): Promise<Pipeline | null> {
+    // Planned first: a LoRA that does not fit fails here, before any base blob is read.
+    const plan = overlay.planOverlays(view, loras);
+    const { entry, fromCache } = await loadBase();
+    const why = entry.switchable.size ? switcher.problem(entry.switchable, plan, model) : `${model}: the engine made no switchable sessions`;
+    if (why) {
+      warn(`${why}; merging into copies of the touched shards for new sessions instead`);
+      return null;
+    }
+    return handle(entry, fromCache, { plan, loras });
+  }
+
+  /** A handle's LoraWeights over the entry's switchable sessions; base weights come from shards by the one byte path. */
+  function switchWeights(entry: CachedPipeline): LoraWeights {
+    const components = new Map([...entry.switchable].map(([role, component]) => [role, { session: entry.sessions[role]!, component }] as const));
+    return switcher.weights(components, (role, shard) => baseShard(entry, role, shard));
+  }
+
+  /**
+   * One shard of a component's base, for merging fed weights: memory, else the store (verified,
+   * not kept in memory: the session already holds these weights), else the network.
+   */
+  async function baseShard(entry: CachedPipeline, role: Role, shard: number): Promise<Uint8Array> {
+    const ref = entry.view.components[role]!.shards[shard];
+    const held = await memory.get(ref.digest);
+    if (held) return held;
+    const stored = await store.get(ref.digest).catch(() => null);
+    if (stored && (store.verifiesReads || (await sha256(stored)) === ref.digest)) return stored;
+    const got = await blobs.getBlobs(entry.origin, [ref], new Progress(undefined), undefined, entry.model);
+    return got.blobs.get(ref.digest)!;
+  }
+
+  /** `setLoras`: the overlays checked, fetched by the one byte path, and planned as the build routes them. */
+  async function switchOverlays(entry: CachedPipeline, requested: LoraOverlay[]): Promise<SwitchOverlays> {
+    const overlays = resolveOverlays(requested);
+    const sizes = new Map(entry.view.loras.filter((l) => l.size > 0).map((l) => [l.digest, l.size] as const));
+    const progress = new Progress(undefined);
+    const loras = overlays.length
+      ? await overlay.fetchLoras(entry.origin, overlays, {}, undefined, { sizes, get: (ref) => blobs.getBlob(entry.origin, ref, progress, undefined, Promise.resolve()) })
+      : [];
+    return { plan: overlay.planOverlays(entry.view, loras), loras };
+  }
+
+  /** Applies `overlays` to a handle's weights; returns its info with them. */
+  async function applySwitch(entry: CachedPipeline, weights: LoraWeights, info: PipelineInfo, { plan, loras }: SwitchOverlays): Promise<PipelineInfo> {
+    const counts = await weights.apply(plan);
+    const sources = { ...info.sources };
+    let bytesFetched = info.bytesFetched;
+    for (const lora of loras) {
+      sources[lora.digest] = lora.source;
+      bytesFetched += lora.bytesFetched;
+    }
+    return { ...info, overlays: plan.applied, sources, bytesFetched, loraSwitch: counts };
+  }
+
   /** A manifest by fingerprint needs no network when memory or the store has it. */
   async function resolveManifest(origin: string, options: LoadPipelineOptions, progress: Progress) {
     let fingerprint: Digest;
@@ -322,7 +493,7 @@ export function createLoader(runtime: LoaderRuntime): Loader {
       const key = tagKey(options.model, tag);
       progress.emit('manifest', key, 0, 1);
       // Tags are the only mutable objects: always revalidate, never trust a cached copy.
-      const bytes = await blobs.fetchSmall(`${origin}/${key}`, options.signal, 'no-cache');
+      const bytes = await blobs.fetchSmall(`${origin}/${key}`, options.signal, 'no-cache', READ_LIMITS.tagBytes);
       fingerprint = parseTag(bytes, key).manifest;
     }
     const key = manifestKey(fingerprint);
@@ -345,7 +516,7 @@ export function createLoader(runtime: LoaderRuntime): Loader {
         throw e;
       }
     }
-    const bytes = await blobs.fetchSmall(`${origin}/${key}`, options.signal, 'default');
+    const bytes = await blobs.fetchSmall(`${origin}/${key}`, options.signal, 'default', READ_LIMITS.manifestBytes);
     const manifest = await decodeManifest(bytes, key, fingerprint);
     checkName(manifest, options.model, key);
     await memory.put(fingerprint, bytes);

@@ -3,24 +3,25 @@
  * copies of the external-data files they change and never the base blobs, which stay
  * shared with the memory tier and every store.
  *
- * The recipe is `fuseload build`'s (common/lora): matchLora against the manifest's tensor
- * index, then per targeted tensor fp32 math cast back once, LoRAs in (digest, scale) order.
- * Only targeted tensors are read; only shards holding one are copied; the rest are passed on
- * as the very same buffers. Large fp32/fp16 tensors merge through the runtime's onnxruntime
- * on the pipeline's providers (overlay-merge.ts), the rest in JavaScript, as the build does.
+ * The recipe is `fuseload build`'s, the same code (common/lora/merge-recipe.ts): routeLora
+ * against the manifest's tensor index, then per targeted tensor fp32 math cast back once,
+ * LoRAs in (digest, scale) order. Only targeted tensors are read; only shards holding one are
+ * copied; the rest are passed on as the very same buffers. Large fp32/fp16 tensors merge
+ * through the runtime's onnxruntime on the pipeline's providers (overlay-merge.ts) where the
+ * recipe says so, the rest in JavaScript, as the build does.
  */
 import { type Digest, digestHex, sha256, toDigest } from '../digest.ts';
 import { badInput, FuseloadError } from '../errors.ts';
 import { blobKey } from '../keys.ts';
 import { readLora } from '../lora/adapter.ts';
-import { applyLoraDelta, type LoraMatrix } from '../lora/delta.ts';
-import { bytesToF32, f32ToBytes, type FloatDtype } from '../lora/dtype.ts';
 import { routeLora } from '../lora/match.ts';
-import { EngineMerger, type MergeTerm } from '../lora/overlay-merge.ts';
+import { checkMergeDtype, DEFAULT_ORT_MIN_ELEMENTS, type MergeApplication, mergeTensorBytes } from '../lora/merge-recipe.ts';
+import { EngineMerger } from '../lora/overlay-merge.ts';
 import { type Component, componentEntries, type PipelineManifest, type Role, type TensorEntry } from '../manifest.ts';
 import type { CacheSource, Engine, ExternalDataFile, LoraOverlay, Provider } from '../pipeline.ts';
 import type { BlobStore } from '../store.ts';
 import { abortError } from './download.ts';
+import { contentLength, fetchWithDeadline, READ_LIMITS, readBounded } from './bounded-read.ts';
 
 /** A requested overlay, checked; `digest` is known up front unless it was given by URL. */
 export interface ResolvedOverlay {
@@ -50,7 +51,8 @@ export interface AppliedOverlay {
   components: Partial<Record<Role, number>>;
 }
 
-export type OverlayTerm = MergeTerm & { label: string };
+/** One LoRA module on one tensor, as the shared merge recipe (common/lora/merge-recipe.ts) takes it. */
+export type OverlayTerm = MergeApplication;
 
 /** LoRA files whose size the manifest records, and the byte path that fetches them. */
 export interface SizedLoras {
@@ -101,6 +103,8 @@ export interface OverlayRuntimeOptions {
   warn: (message: string) => void;
   /** Tensors with at least this many elements merge on onnxruntime (default 2^20, as `fuseload build`). */
   ortMinElements?: number;
+  /** The largest LoRA file fetched by URL (default READ_LIMITS.loraBytes). */
+  maxLoraBytes?: number;
 }
 
 export interface OverlayEvents {
@@ -117,7 +121,7 @@ export function createOverlayRuntime(options: OverlayRuntimeOptions) {
   // keeps the first digest until the loader is gone; digests are the way to pin exact bytes).
   const urlDigests = new Map<string, Digest>();
   const merger = new EngineMerger(options.engine, warn);
-  const ortMin = options.ortMinElements ?? 1 << 20;
+  const ortMin = options.ortMinElements ?? DEFAULT_ORT_MIN_ELEMENTS;
 
   /**
    * One LoRA file by digest or URL. A LoRA the manifest records (schema 2 gives its size) goes
@@ -153,18 +157,13 @@ export function createOverlayRuntime(options: OverlayRuntimeOptions) {
     }
     const url = o.url ?? `${origin}/${blobKey(known!)}`;
     const shown = o.url ? label : url;
-    let response: Response;
-    try {
-      response = await options.fetch(url, { signal, cache: 'no-store' });
-    } catch (e) {
-      if (signal?.aborted) throw abortError(shown, signal);
-      throw new FuseloadError('network', `${shown}: ${(e as Error).message}`, { cause: e });
-    }
+    // A deadline to the headers, an idle deadline in the body and a cap while it streams (bounded-read.ts).
+    const response = await fetchWithDeadline(options.fetch, url, { cache: 'no-store' }, { signal });
     if (response.status === 404) throw new FuseloadError('not-found', `${shown}: HTTP 404 (LoRA ${o.digest ?? 'file'} is not there)`);
     if (!response.ok) throw new FuseloadError('network', `${shown}: HTTP ${response.status}`);
-    const total = Number(response.headers.get('Content-Length') ?? 0) || 0;
+    const total = contentLength(response) ?? 0;
     events.download?.(known ?? label, 0, total);
-    const bytes = new Uint8Array(await response.arrayBuffer());
+    const bytes = await readBounded(response, options.maxLoraBytes ?? READ_LIMITS.loraBytes, shown, { signal });
     const digest = await sha256(bytes);
     if (o.digest && digest !== o.digest) throw new FuseloadError('digest-mismatch', `${shown}: LoRA bytes hash to ${digest}, expected ${o.digest}`);
     events.download?.(digest, bytes.length, bytes.length);
@@ -198,17 +197,17 @@ export function createOverlayRuntime(options: OverlayRuntimeOptions) {
       applied.push({ digest: lora.digest, scale: lora.scale, matched: routed.matchedKeys.length, components });
       if (routed.matchedKeys.length === 0) warn(`LoRA ${lora.label}: none of its ${routed.unmatchedKeys.length} keys match a weight of ${manifest.name}`);
       for (const m of routed.missing.slice(0, 1)) warn(`LoRA ${lora.label}: ${routed.missing.length} key(s) are for ${m.component}, which ${manifest.name} does not have (first "${m.key}")`);
+      const unsupported = [...adapter.modules.values()].filter((m) => m.adapter?.type === 'unsupported');
+      if (unsupported.length) warn(`LoRA ${lora.label}: ${unsupported.length} module(s) are ${[...new Set(unsupported.map((m) => adapter.keyTypes.get(m.keys[0])))].join('/')}, which fuseload cannot merge (first "${unsupported[0].module}")`);
       // Scale 0 adds nothing: skipping it keeps the base bytes exactly (and uncopied).
       if (lora.scale === 0) continue;
       for (const [role, found] of routed.components) {
-        for (const { target, module } of found.applications) {
-          if (target.dtype !== 'float32' && target.dtype !== 'float16' && target.dtype !== 'bfloat16') {
-            throw new FuseloadError('unsupported', `LoRA ${lora.label}: weight "${target.name}" of ${manifest.name}/${role} is ${target.dtype}, not fp32/fp16/bf16`);
-          }
+        for (const { target, module, part } of found.applications) {
+          checkMergeDtype(target, `LoRA ${lora.label}`, `${manifest.name}/${role}`);
           let byTarget = terms.get(role);
           if (!byTarget) terms.set(role, (byTarget = new Map()));
           const list = byTarget.get(target) ?? [];
-          list.push({ up: module.up as LoraMatrix, down: module.down as LoraMatrix, alpha: module.alpha, scale: lora.scale, label: `${lora.label}: "${module.label}"` });
+          list.push({ module, part, scale: lora.scale, digest: lora.digest, source: lora.label });
           byTarget.set(target, list);
         }
       }
@@ -268,16 +267,14 @@ export function createOverlayRuntime(options: OverlayRuntimeOptions) {
     };
   }
 
+  /** The build's recipe (common/lora/merge-recipe.ts), with the pipeline's onnxruntime for large plain-LoRA weights. */
   async function mergeTensor(src: Uint8Array, dst: Uint8Array, entry: TensorEntry, terms: OverlayTerm[], providers: Provider[]): Promise<void> {
-    const dtype = entry.dtype as FloatDtype;
-    const count = entry.shape.reduce((a, b) => a * b, 1);
-    if (dtype !== 'bfloat16' && count >= ortMin && entry.layout !== 'none') {
-      // No fallback after a failed run: part of the tensor may already be merged.
-      if (await merger.merge(src, dst, dtype, entry.shape, entry.layout, terms, providers)) return;
-    }
-    const weight = bytesToF32(src, dtype);
-    for (const t of terms) applyLoraDelta(weight, { name: entry.name, shape: entry.shape, layout: entry.layout }, t.up, t.down, t.alpha, t.scale, t.label);
-    dst.set(f32ToBytes(weight, dtype));
+    const merged = await mergeTensorBytes(src, entry, terms, {
+      ortMinElements: ortMin,
+      // No fallback after a failed run (merge throws): part of the tensor may already be merged.
+      ort: async (bytes, dtype, inputs) => ((await merger.run(bytes, dst, dtype, inputs, providers)) ? dst : null),
+    });
+    if (merged !== dst) dst.set(merged);
   }
 
   return { fetchLoras, planOverlays, applyOverlays };

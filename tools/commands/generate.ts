@@ -25,8 +25,6 @@ import { GENERATE_LIMITS } from '../../common/generate/options.ts';
 import { SCHEDULER_NAMES, type SchedulerName } from '../../common/generate/schedulers/index.ts';
 import type { Device, LoraOverlay, ProgressEvent } from '../../common/pipeline.ts';
 import { parseLoraSource, readPeftConfig } from '../lora-source.ts';
-import { createNodeRuntime } from '../runtime/index.ts';
-import { renderPng, rgbaToPng } from '../server/render.ts';
 
 interface GenerateFlags {
   origin: string;
@@ -141,6 +139,9 @@ export function register(program: Command): void {
       const warn = (m: string) => {
         if (!/ could not run it \(/.test(m)) process.stderr.write(`fuseload: warning: ${m}\n`);
       };
+      // Loaded when the command runs, so `fuseload --help` needs no onnxruntime-node.
+      const { createNodeRuntime } = await import('../runtime/index.ts');
+      const { renderPng, rgbaToPng } = await import('../server/render.ts');
       const runtime = createNodeRuntime({ warn });
       const bar = progressBar();
       let pipeline;

@@ -11,6 +11,10 @@
  *    i.e. its siblings there, and ORT maps them instead of copying (≈4× faster on 68 MiB).
  * 2. Otherwise (a LoRA-overlaid copy, a store that could not write): in memory, as
  *    `externalData: [{ path: <hex>, data }]`, which the Node binding takes since 1.20.
+ *
+ * A graph edited for LoRA switching (common/loader/switchable-graph.ts) is no store file, but
+ * its shards still are: it is created from its bytes with ORT's external-initializers folder
+ * set to theirs, so the weights are still mapped, not copied (`#createEdited`).
  */
 import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
@@ -18,7 +22,7 @@ import { dirname, join } from 'node:path';
 import ort from 'onnxruntime-node';
 import { FuseloadError } from '../../common/errors.ts';
 import type { FileEngine } from '../../common/loader/index.ts';
-import type { Device, EngineSession, ExternalDataFile, Feeds, Provider, TensorLike } from '../../common/pipeline.ts';
+import type { Device, EngineSession, ExternalDataFile, Feeds, Provider, TensorLike, WeightFeeding } from '../../common/pipeline.ts';
 
 const NODE_PROVIDERS: Provider[] = ['cuda', 'cpu'];
 
@@ -53,8 +57,9 @@ export class OrtNodeEngine implements FileEngine {
    * A session from the store's files (the loader's warm path, bytes never read here): ORT
    * resolves each `location` beside the graph file, so that is where every shard must be.
    */
-  async createFromFiles(graph: string, externalData: { path: string; file: string }[], provider: Provider): Promise<EngineSession | null> {
+  async createFromFiles(graph: string, externalData: { path: string; file: string }[], provider: Provider, edited?: Uint8Array): Promise<EngineSession | null> {
     if (externalData.some((f) => f.file !== join(dirname(graph), f.path))) return null;
+    if (edited) return this.#createEdited(edited, dirname(graph), provider);
     const options = this.#sessionOptions(provider);
     let session: ort.InferenceSession;
     try {
@@ -92,6 +97,9 @@ export class OrtNodeEngine implements FileEngine {
     let session: ort.InferenceSession;
     try {
       const graphPath = await this.#storedGraph(graph, externalData);
+      const folder = graphPath ? null : await this.#storedShards(externalData);
+      // An edited graph over the store's shards; a file evicted or replaced since: the bytes below.
+      if (folder) return await this.#createEdited(graph, folder, provider).catch(() => null) ?? this.#createInMemory(graph, externalData, provider);
       this.lastSource = graphPath ? 'files' : 'memory';
       try {
         session = graphPath
@@ -107,6 +115,54 @@ export class OrtNodeEngine implements FileEngine {
       throw this.#createError(provider, e);
     }
     return new OrtNodeSession(session);
+  }
+
+  // ---------------------------------------------------------------- LoRA switching (common/loader/switch.ts)
+
+  /**
+   * How a provider takes weights fed on every run: the CPU provider reads a fed tensor where the
+   * JavaScript buffer lies; CUDA copies it to the GPU on every run.
+   */
+  weightFeeding(provider: Provider): WeightFeeding | null {
+    if (provider === 'cpu') return 'in-place';
+    if (provider === 'cuda') return 'copied';
+    return null;
+  }
+
+  async #createInMemory(graph: Uint8Array, externalData: ExternalDataFile[], provider: Provider): Promise<EngineSession> {
+    try {
+      const session = await ort.InferenceSession.create(graph, { ...this.#sessionOptions(provider), externalData: externalData.map((f) => ({ path: f.path, data: f.data })) });
+      this.lastSource = 'memory';
+      return new OrtNodeSession(session);
+    } catch (e) {
+      throw this.#createError(provider, e);
+    }
+  }
+
+  /** A session from graph bytes whose shards are the files in `folder` (the graph's `location`s), mapped by ORT. */
+  async #createEdited(graph: Uint8Array, folder: string, provider: Provider): Promise<EngineSession> {
+    const options = this.#sessionOptions(provider);
+    let session: ort.InferenceSession;
+    try {
+      session = await ort.InferenceSession.create(graph, { ...options, extra: { session: { model_external_initializers_file_folder_path: folder } } });
+    } catch (e) {
+      throw this.#createError(provider, e);
+    }
+    this.lastSource = 'files';
+    return new OrtNodeSession(session);
+  }
+
+  /** The folder that holds every shard as the store's file named by its `location`, if the store vouches for all of them. */
+  async #storedShards(externalData: ExternalDataFile[]): Promise<string | null> {
+    const fileOf = this.options.fileOf;
+    if (!fileOf || externalData.length === 0) return null;
+    let folder: string | null = null;
+    for (const f of externalData) {
+      const file = await fileOf(f.data);
+      if (!file || (folder !== null && dirname(file) !== folder) || file !== join(dirname(file), f.path)) return null;
+      folder = dirname(file);
+    }
+    return folder;
   }
 
   /** Where the last session's weights came from (for tests and the bench). */
@@ -185,7 +241,7 @@ function cudaHint(): string | null {
     const pkg = dirname(require.resolve('onnxruntime-node/package.json'));
     const bin = join(pkg, 'bin', 'napi-v6', process.platform, process.arch);
     if (existsSync(join(bin, 'libonnxruntime_providers_cuda.so'))) return null;
-    return 'onnxruntime-node was installed without its CUDA provider libraries (on a GPU host: ONNXRUNTIME_NODE_INSTALL=cuda12 npm rebuild onnxruntime-node --foreground-scripts)';
+    return 'onnxruntime-node was installed without its CUDA provider libraries (on a GPU host: ONNXRUNTIME_NODE_INSTALL=cuda12 node node_modules/onnxruntime-node/script/install)';
   } catch {
     return null;
   }
