@@ -9,6 +9,7 @@
  */
 
 import type { Role } from '../manifest.ts';
+import { isSgmModuleName, kohyaToDiffusersModule } from './sdxl-names.ts';
 
 export type LoraFormat = 'kohya' | 'peft' | 'diffusers';
 export type LoraPart = 'up' | 'down' | 'alpha';
@@ -51,12 +52,44 @@ const PEFT_ALPHA_RE = /^(.+?)\.alpha$/;
 const DIFFUSERS_RE = /^(.+?)\.(?:lora|lora_linear_layer)\.(down|up)\.weight$/;
 const DIFFUSERS_PROCESSOR_RE = /^(.+)\.processor\.(to_q|to_k|to_v|to_out)_lora\.(down|up)\.weight$/;
 
+const KOHYA_MODULE_RE = /^lora_(unet|te[12]?|transformer)_([A-Za-z0-9_]+)$/;
+/** SimpleTuner's LyCORIS files name denoiser modules `lycoris_<module>` (ComfyUI reads them so). */
+const LYCORIS_MODULE_RE = /^lycoris_([A-Za-z0-9_]+)$/;
+
+/**
+ * A kohya / LyCORIS module name (a key without its adapter suffix: `lora_unet_…`, `lora_te1_…`,
+ * `lycoris_…`) → its component, the module as the file names it, and the match key. SDXL's
+ * kohya files name UNet modules after the original UNet (`input_blocks_4_1_…`): those match
+ * the diffusers module they map to (sdxl-names.ts); every other name matches as it is, dots or
+ * underscores alike (`transformer_blocks_0_…` is a DiT's `transformer_blocks.0.…`). Null for
+ * names with no kohya prefix.
+ */
+export function parseKohyaModule(name: string): { component: Role; module: string; match: string } | null {
+  let component: Role;
+  let module: string;
+  let m = KOHYA_MODULE_RE.exec(name);
+  if (m) {
+    component = KOHYA_COMPONENT[m[1]];
+    module = m[2];
+  } else if ((m = LYCORIS_MODULE_RE.exec(name))) {
+    component = 'unet';
+    module = m[1];
+  } else return null;
+  let match = moduleMatchKey(module);
+  if ((component === 'unet' || component === 'transformer') && isSgmModuleName(module)) {
+    const diffusers = kohyaToDiffusersModule(module);
+    if (diffusers) match = moduleMatchKey(diffusers);
+  }
+  return { component, module, match };
+}
+
 /** Parses one tensor name of a LoRA file; null when it is not a LoRA key we know. */
 export function parseLoraKey(key: string): LoraKey | null {
   let m = KOHYA_RE.exec(key);
   if (m) {
     const part: LoraPart = m[3] === 'alpha' ? 'alpha' : m[3].startsWith('lora_down') ? 'down' : 'up';
-    return { component: KOHYA_COMPONENT[m[1]], module: m[2], match: moduleMatchKey(m[2]), part, format: 'kohya' };
+    const { component, module, match } = parseKohyaModule(`lora_${m[1]}_${m[2]}`)!;
+    return { component, module, match, part, format: 'kohya' };
   }
   m = PEFT_RE.exec(key);
   if (m) return make(m[1], m[2] === 'A' ? 'down' : 'up', 'peft');

@@ -25,6 +25,8 @@ export const TARGETS: Record<string, number> = {
   'browser.warm_ratio': 1.2,
   'node.warm_ratio': 1.2,
   'overlay.switch_ratio': 0.2,
+  'adapters.loha_ratio': 1.3,
+  'adapters.lokr_ratio': 1.3,
   'serve.rss_ratio': 1.25,
 };
 

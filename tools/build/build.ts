@@ -13,10 +13,8 @@ import { basename, dirname, join, resolve } from 'node:path';
 import { canonicalJsonBytes } from '../../common/canonical-json.ts';
 import { type Digest, digestHex, sha256 } from '../../common/digest.ts';
 import { badInput, FuseloadError } from '../../common/errors.ts';
-import { applyLoraDelta } from '../../common/lora/delta.ts';
 import { routeLora } from '../../common/lora/match.ts';
-import { bytesToF32, f32ToBytes, type FloatDtype } from '../../common/lora/dtype.ts';
-import type { LoraModule } from '../../common/lora/adapter.ts';
+import { checkMergeDtype, type MergeApplication, type MergeTarget, mergeTensorBytes } from '../../common/lora/merge-recipe.ts';
 import { isName } from '../../common/keys.ts';
 import {
   type AnyManifest,
@@ -36,7 +34,7 @@ import { DiskStore } from '../store/disk-store.ts';
 import { TOOL_VERSION } from '../version.ts';
 import { encodeModel, externalRef, inlineBytes, isExternal, ONNX_DTYPES, setExternal, type TensorProto } from '../onnx/model.ts';
 import { type BaseModel, type LoraInput, readBase, readLoraInput } from './inputs.ts';
-import { mergeWithOrt } from './merge-ort.ts';
+import { runMergeWithOrt } from './merge-ort.ts';
 import { fetchInput, isRemote, type LocalCopy } from './remote.ts';
 import { findTargets, unshareTargets, type WeightTarget } from './targets.ts';
 import { type PipelineAsset, readPipelineDir } from './pipeline-dir.ts';
@@ -77,6 +75,8 @@ export interface LoraReport {
   unmatched: number;
   /** Per component: keys that landed there and keys routed there that matched nothing. */
   components: Partial<Record<Role, { matched: number; unmatched: number }>>;
+  /** Per adapter type (`lora`, `locon-mid`, `loha`, `lokr`, `glora`, `diff`, `norm`, `set`; `OFT`, `BOFT` are never merged; `unknown`): keys matched and not. */
+  types: Record<string, { matched: number; unmatched: number }>;
   matchedKeys: string[];
   unmatchedKeys: string[];
 }
@@ -107,9 +107,9 @@ export interface BuildReport {
   loras: LoraReport[];
 }
 
-interface Application {
-  lora: LoraInput;
-  module: LoraModule;
+/** One LoRA module on one tensor, as the shared merge recipe takes it, with the tensor it lands on. */
+interface Application extends MergeApplication {
+  target: MergeTarget;
 }
 
 /** One graph to write: its base and what each LoRA does to it. */
@@ -206,10 +206,19 @@ async function buildFrom(
     });
     return { role, base, targets: findTargets(graph), applications: new Map() };
   });
-  const entriesOf = new Map<Role, { name: string; module: string; layout: WeightTarget['layout']; shape: number[] }[]>();
+  // What a LoRA can land on: exactly the tensor index the manifest will list (writeComponent's
+  // shard plan: every initializer of a known dtype that is a target or at least INLINE_LIMIT
+  // bytes), so overlays on the artifact match what the build merged, key for key.
+  const entriesOf = new Map<Role, (MergeTarget & { module?: string })[]>();
   for (const plan of plans) {
-    const inits = new Map((plan.base.model.graph!.initializer ?? []).map((t) => [t.name!, t]));
-    entriesOf.set(plan.role, [...plan.targets.values()].map((t) => ({ name: t.initializer, module: t.module, layout: t.layout, shape: inits.get(t.initializer)!.dims ?? [] })));
+    const entries: (MergeTarget & { module?: string })[] = [];
+    for (const t of plan.base.model.graph!.initializer ?? []) {
+      const info = ONNX_DTYPES[t.dataType ?? 0];
+      const target = plan.targets.get(t.name!);
+      if (!info || (!target && (t.dims ?? []).reduce((a, b) => a * b, 1) * info.size < INLINE_LIMIT)) continue;
+      entries.push({ name: t.name!, dtype: info.dtype, shape: t.dims ?? [], layout: target?.layout ?? 'none', ...(target ? { module: target.module } : {}) });
+    }
+    entriesOf.set(plan.role, entries);
   }
   const reports: LoraReport[] = [];
   for (const lora of loras) {
@@ -217,22 +226,31 @@ async function buildFrom(
     const components: LoraReport['components'] = {};
     for (const plan of plans) {
       const found = routed.components.get(plan.role)!;
-      const inits = new Map((plan.base.model.graph!.initializer ?? []).map((t) => [t.name!, t]));
-      for (const { target, module } of found.applications) {
-        const init = inits.get(target.name)!;
-        const dtype = ONNX_DTYPES[init.dataType ?? 0]?.dtype;
-        if (dtype !== 'float32' && dtype !== 'float16' && dtype !== 'bfloat16') {
-          throw new FuseloadError('unsupported', `${plan.base.source}: weight "${target.name}" targeted by ${lora.source} is ${dtype ?? `data type ${init.dataType}`}, not fp32/fp16/bf16`);
-        }
+      for (const { target, module, part } of found.applications) {
+        checkMergeDtype(target, lora.source, plan.base.source);
         const list = plan.applications.get(target.name) ?? [];
-        list.push({ lora, module });
+        list.push({ module, part, scale: lora.scale, digest: lora.digest, source: lora.source, target });
         plan.applications.set(target.name, list);
       }
       if (found.matchedKeys.length || found.unmatchedKeys.length) components[plan.role] = { matched: found.matchedKeys.length, unmatched: found.unmatchedKeys.length };
     }
+    const types: LoraReport['types'] = {};
+    for (const [keys, field] of [
+      [routed.matchedKeys, 'matched'],
+      [routed.unmatchedKeys, 'unmatched'],
+    ] as const) {
+      for (const key of keys) {
+        const t = (types[lora.adapter.keyTypes.get(key) ?? 'unknown'] ??= { matched: 0, unmatched: 0 });
+        t[field]++;
+      }
+    }
     if (options.strict && routed.unmatchedKeys.length) {
       const missing = routed.missing[0];
       if (missing) throw badInput(lora.source, `key "${missing.key}" is for ${missing.component}, which ${input.schema === PIPELINE_SCHEMA ? 'the pipeline does not have' : 'a single graph is not'} (--strict)`);
+      const unsupported = [...lora.adapter.modules.values()].find((m) => m.adapter?.type === 'unsupported');
+      if (unsupported?.adapter?.type === 'unsupported') {
+        throw badInput(lora.source, `module "${unsupported.module}" is ${lora.adapter.keyTypes.get(unsupported.keys[0])}, which fuseload cannot merge (--strict): ${unsupported.adapter.reason}`);
+      }
       throw badInput(lora.source, `${routed.unmatchedKeys.length} key(s) match no weight in ${input.components.map((c) => c.base.source).join(', ')} (--strict), first "${routed.unmatchedKeys[0]}"`);
     }
     reports.push({
@@ -243,6 +261,7 @@ async function buildFrom(
       matched: routed.matchedKeys.length,
       unmatched: routed.unmatchedKeys.length,
       components,
+      types,
       matchedKeys: routed.matchedKeys,
       unmatchedKeys: routed.unmatchedKeys,
     });
@@ -557,22 +576,12 @@ async function writeAll(fh: FileHandle, bytes: Uint8Array): Promise<void> {
 }
 
 /**
- * fp32 merge of every LoRA aimed at one tensor, in (digest, scale) order, cast back once.
- * Large fp32/fp16 tensors go through onnxruntime (merge-ort.ts); the rest, and bf16, through
- * the shared JavaScript math. The choice depends only on the tensor, so builds stay reproducible.
+ * Every LoRA aimed at one tensor, through the shared recipe (common/lora/merge-recipe.ts: order,
+ * dtype guard, fp32 cast back once, onnxruntime for large LoRA / LoHa / LoKr weights, JavaScript for
+ * the rest), the very recipe load-time overlays run, so both give the same bytes.
  */
-async function merge(bytes: Uint8Array, t: TensorProto, target: WeightTarget, apps: Application[], ortMin: number, into?: Uint8Array): Promise<Uint8Array> {
-  const dtype = ONNX_DTYPES[t.dataType!].dtype as FloatDtype;
-  const count = (t.dims ?? []).reduce((a, b) => a * b, 1);
-  if (dtype !== 'bfloat16' && count >= ortMin) {
-    const terms = apps.map(({ lora, module }) => ({ up: module.up!, down: module.down!, alpha: module.alpha, scale: lora.scale }));
-    return mergeWithOrt(bytes, dtype, t.dims ?? [], target.layout, terms, into);
-  }
-  const weight = bytesToF32(bytes, dtype);
-  for (const { lora, module } of apps) {
-    applyLoraDelta(weight, { name: t.name, shape: t.dims ?? [], layout: target.layout }, module.up!, module.down!, module.alpha, lora.scale, `${lora.source}: "${module.label}"`);
-  }
-  return f32ToBytes(weight, dtype);
+async function merge(bytes: Uint8Array, _proto: TensorProto, _target: WeightTarget | undefined, apps: Application[], ortMin: number, into?: Uint8Array): Promise<Uint8Array> {
+  return mergeTensorBytes(bytes, apps[0].target, apps, { ortMinElements: ortMin, ort: (b, dtype, inputs) => runMergeWithOrt(b, dtype, inputs, into) });
 }
 
 /** --out may be missing, empty, or an artifact directory (only blobs/, manifests/, tags/). */

@@ -1,13 +1,13 @@
 /**
- * The merge for large tensors, on onnxruntime's CPU kernels: a rank-r GEMM plus a cast over
- * millions of weights is ~30× faster in MLAS than in JavaScript. Same math as
- * common/lora/applyLoraDelta (fp32, cast back once); several LoRAs on one weight are one
- * GEMM over the factors stacked along the rank, each up matrix pre-scaled by its factor.
- * Deterministic: the GEMM splits work over rows and columns, never over the rank.
+ * The merge for large tensors at build time, on onnxruntime-node's CPU kernels: a rank-r GEMM
+ * plus a cast over millions of weights is ~30× faster in MLAS than in JavaScript. The graphs
+ * and their inputs are the load-time overlay's (common/lora/overlay-merge.ts: plain LoRAs
+ * stacked along the rank, one LoHa, one LoKr), fp32 math cast back once.
+ * Deterministic: the kernels split work over rows and columns, never over the rank.
  */
 import type * as Ort from 'onnxruntime-node';
 import type { TensorLayout } from '../../common/manifest.ts';
-import { type MergeTerm, mergeGraph, stackFactors } from '../../common/lora/overlay-merge.ts';
+import { loraInputs, type MergeInputs, type MergeKind, type MergeTerm, mergeGraph, mergeRuns } from '../../common/lora/overlay-merge.ts';
 
 export type OrtMergeDtype = 'float32' | 'float16';
 export type { MergeTerm };
@@ -24,12 +24,13 @@ const loadOrt = () => (runtime ??= import('onnxruntime-node'));
  */
 const CHUNK = 1 << 18;
 
-/** y = cast(cast(w, fp32) + l·r, dtype) for one block of rows: w [rows, cols], l [rows, rank], r [rank, cols]. */
-async function mergeSession(dtype: OrtMergeDtype): Promise<Ort.InferenceSession> {
+/** The merge graph of one kind and dtype, made once per process. */
+async function mergeSession(dtype: OrtMergeDtype, kind: MergeKind): Promise<Ort.InferenceSession> {
   const ort = await loadOrt();
-  let s = sessions.get(dtype);
+  const key = `${kind}|${dtype}`;
+  let s = sessions.get(key);
   if (!s) {
-    s = ort.InferenceSession.create(mergeGraph(dtype), {
+    s = ort.InferenceSession.create(mergeGraph(dtype, kind), {
       graphOptimizationLevel: 'disabled',
       executionMode: 'sequential',
       // One thread: run() blocks the main thread anyway, and the second core is busier hashing
@@ -42,19 +43,26 @@ async function mergeSession(dtype: OrtMergeDtype): Promise<Ort.InferenceSession>
       enableCpuMemArena: true,
       enableMemPattern: false,
     });
-    sessions.set(dtype, s);
+    sessions.set(key, s);
   }
   return s;
 }
 
 /**
- * Merges `terms` into the weight bytes; returns new bytes of the same dtype and length, in
- * `into` when given (at least as long as `bytes`; the caller reuses it across tensors).
+ * Merges `terms` (plain LoRAs) into the weight bytes; returns new bytes of the same dtype and
+ * length, in `into` when given (at least as long as `bytes`; the caller reuses it across tensors).
  * W as stored is [rows, cols]: oi/oihw: [out, k], ΔW = U·D; io: [k, out], ΔW = Dᵀ·Uᵀ.
- * Worked in blocks of rows, so memory stays at the tensor plus a few MiB.
  */
 export async function mergeWithOrt(bytes: Uint8Array, dtype: OrtMergeDtype, shape: readonly number[], layout: Exclude<TensorLayout, 'none'>, terms: MergeTerm[], into?: Uint8Array): Promise<Uint8Array> {
-  const { rows, cols, rank, left, right } = stackFactors(terms, shape, layout);
+  return runMergeWithOrt(bytes, dtype, loraInputs(terms, shape, layout), into);
+}
+
+/**
+ * Runs one merge graph (overlay-merge.ts MergeInputs) over the weight bytes, in blocks of rows,
+ * so memory stays at the tensor plus a few MiB; returns new bytes (in `into` when it fits).
+ */
+export async function runMergeWithOrt(bytes: Uint8Array, dtype: OrtMergeDtype, inputs: MergeInputs, into?: Uint8Array): Promise<Uint8Array> {
+  const { cols } = inputs;
   const size = dtype === 'float32' ? 4 : 2;
   let src = bytes;
   if (bytes.byteOffset % 4) {
@@ -63,24 +71,16 @@ export async function mergeWithOrt(bytes: Uint8Array, dtype: OrtMergeDtype, shap
   }
   const result = into && into.length >= bytes.length && into.byteOffset % 4 === 0 ? into.subarray(0, bytes.length) : new Uint8Array(bytes.length);
   const ort = await loadOrt();
-  const session = await mergeSession(dtype);
-  const rightTensor = new ort.Tensor('float32', right, [rank, cols]);
-  const step = Math.max(1, Math.floor(CHUNK / cols));
-  for (let row = 0; row < rows; row += step) {
-    const n = Math.min(step, rows - row);
+  const session = await mergeSession(dtype, inputs.kind);
+  for (const { row, n, factors } of mergeRuns(inputs, CHUNK)) {
     const offset = src.byteOffset + row * cols * size;
     const w = dtype === 'float32' ? new Float32Array(src.buffer, offset, n * cols) : new Uint16Array(src.buffer, offset, n * cols);
     // onnxruntime writes the block straight into `result`: no per-block copy or garbage.
     const yOffset = result.byteOffset + row * cols * size;
     const y = dtype === 'float32' ? new Float32Array(result.buffer, yOffset, n * cols) : new Uint16Array(result.buffer, yOffset, n * cols);
-    await session.run(
-      {
-        w: new ort.Tensor(dtype, w, [n, cols]),
-        l: new ort.Tensor('float32', left.subarray(row * rank, (row + n) * rank), [n, rank]),
-        r: rightTensor,
-      },
-      { y: new ort.Tensor(dtype, y, [n, cols]) },
-    );
+    const feeds: Record<string, Ort.Tensor> = { w: new ort.Tensor(dtype, w, [n, cols]) };
+    for (const f of factors) feeds[f.name] = new ort.Tensor('float32', f.data, f.dims);
+    await session.run(feeds, { y: new ort.Tensor(dtype, y, [n, cols]) });
   }
   return result;
 }

@@ -3,6 +3,8 @@ import { readFile, stat } from 'node:fs/promises';
 import { basename } from 'node:path';
 import { badInput } from '../../common/errors.ts';
 import { readLora } from '../../common/lora/adapter.ts';
+import { adapterRank } from '../../common/lora/adapter-types.ts';
+import { isSgmModuleName, kohyaToDiffusersModule } from '../../common/lora/sdxl-names.ts';
 import { componentEntries, decodeManifest, MANIFEST_SCHEMA } from '../../common/manifest.ts';
 import { readPipelineDir } from '../build/pipeline-dir.ts';
 import { parseSafetensors } from '../../common/safetensors.ts';
@@ -50,14 +52,33 @@ export async function inspectFile(path: string): Promise<Record<string, unknown>
   if (path.endsWith('.safetensors')) {
     const header = parseSafetensors(bytes, input);
     const lora = readLora(bytes, input);
+    const modules = [...lora.modules.values()];
+    // Each key's adapter type and the component its prefix routes it to (DESIGN.md, "Pipelines"); "any" when it names none.
+    const componentOf = new Map(modules.flatMap((m) => m.keys.map((k) => [k, m.component ?? 'any'] as const)));
+    const keys = header.tensors
+      .map((t) => t.name)
+      .sort()
+      .map((key) => ({ key, type: lora.keyTypes.get(key) ?? 'unknown', component: componentOf.get(key) ?? (lora.unrecognised.includes(key) ? 'none' : 'any') }));
     return {
       kind: 'safetensors',
       tensors: header.tensors.length,
       metadata: header.metadata,
       format: lora.format,
-      // Which component each module's keys route to (DESIGN.md, "Pipelines"); "any" when its keys name none.
-      components: countBy([...lora.modules.values()].map((m) => m.component ?? 'any')),
-      modules: [...lora.modules.values()].map((m) => ({ component: m.component ?? 'any', module: m.module, rank: m.down?.shape[0], alpha: m.alpha, up: m.up?.shape, down: m.down?.shape })),
+      components: countBy(modules.map((m) => m.component ?? 'any')),
+      types: countBy(keys.map((k) => k.type)),
+      modules: modules.map((m) => ({
+        component: m.component ?? 'any',
+        module: m.module,
+        type: lora.keyTypes.get(m.keys[0]) ?? 'unknown',
+        ...(m.adapter?.type === 'unsupported' ? { unsupported: m.adapter.reason } : {}),
+        // SDXL's kohya files name UNet modules after the original UNet: the module they land on.
+        ...(m.component === 'unet' && isSgmModuleName(m.module) ? { diffusers: kohyaToDiffusersModule(m.module) ?? 'none' } : {}),
+        rank: m.adapter && m.adapter.type !== 'unsupported' ? adapterRank(m.adapter) : undefined,
+        alpha: m.adapter?.alpha,
+        up: m.up?.shape,
+        down: m.down?.shape,
+      })),
+      keys: keys.map((k) => `${k.key}: ${k.type} → ${k.component}`),
       unrecognised: lora.unrecognised,
     };
   }
