@@ -24,7 +24,10 @@ import type { LoraPartTarget } from './match.ts';
 import { lohaInputs, lokrInputs, loraInputs, type MergeDtype, type MergeInputs } from './overlay-merge.ts';
 
 /** Tensors with at least this many elements merge on onnxruntime by default. */
-export const DEFAULT_ORT_MIN_ELEMENTS = 1 << 20;
+export const DEFAULT_ORT_MIN_ELEMENTS = 1 << 16;
+
+/** Bumped whenever the recipe would merge the same inputs differently: build caches key on it. */
+export const MERGE_RECIPE_VERSION = 2;
 
 /** The tensor a merge writes: a tensor index entry will do. */
 export interface MergeTarget {

@@ -36,6 +36,7 @@ import { encodeModel, externalRef, inlineBytes, isExternal, ONNX_DTYPES, setExte
 import { type BaseModel, type LoraInput, readBase, readLoraInput } from './inputs.ts';
 import { runMergeWithOrt } from './merge-ort.ts';
 import { fetchInput, isRemote, type LocalCopy } from './remote.ts';
+import { DEFAULT_ORT_MIN_ELEMENTS, MERGE_RECIPE_VERSION } from '../../common/lora/merge-recipe.ts';
 import { findTargets, unshareTargets, type WeightTarget } from './targets.ts';
 import { type PipelineAsset, readPipelineDir } from './pipeline-dir.ts';
 
@@ -286,7 +287,7 @@ async function buildFrom(
           ...plan,
           shardSize,
           blobDir,
-          ortMergeMinElements: options.ortMergeMinElements ?? 1 << 20,
+          ortMergeMinElements: options.ortMergeMinElements ?? DEFAULT_ORT_MIN_ELEMENTS,
           progress: (p) => progress({ ...p, loaded: offset + p.loaded, total }),
           aborted: () => aborted,
         });
@@ -303,6 +304,7 @@ async function buildFrom(
     const cacheKey = await sha256(
       canonicalJsonBytes({
         tool: TOOL_VERSION,
+        recipe: MERGE_RECIPE_VERSION,
         schema: input.schema,
         name: options.name,
         base: input.schema === MANIFEST_SCHEMA ? { digest: baseDigests[0].digest, source: baseDigests[0].source } : baseDigests,
