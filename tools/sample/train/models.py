@@ -128,6 +128,13 @@ class CLIPEncoder(nn.Module):
             for _ in range(cfg["num_hidden_layers"])
         ])
 
+    def forward(self, x, mask):
+        # A forward of its own, so the exported node names carry `encoder` as the module tree
+        # does (`/text_model/encoder/layers.0/self_attn/q_proj/MatMul`), as transformers' CLIP exports do.
+        for layer in self.layers:
+            x = layer(x, mask)
+        return x
+
 
 class CLIPTextTransformer(nn.Module):
     def __init__(self, cfg):
@@ -142,8 +149,7 @@ class CLIPTextTransformer(nn.Module):
         t = ids.shape[1]
         r = torch.arange(t, device=ids.device)
         mask = torch.where(r[None, :] > r[:, None], torch.tensor(-1e9), torch.tensor(0.0))  # causal, as CLIP
-        for layer in self.encoder.layers:
-            x = layer(x, mask)
+        x = self.encoder(x, mask)
         x = self.final_layer_norm(x)
         # CLIP: pooled = hidden state at the first EOS (EOS has the highest id, argmax finds the first one)
         pooled = x[torch.arange(x.shape[0]), ids.float().argmax(dim=-1)]

@@ -30,13 +30,15 @@ N_STYLE = 1500
 VAE_STEPS, VAE_BATCH = 800, 32
 DEC_STEPS, DEC_BATCH = 300, 32  # decoder-only fine-tune on the fixed latents (as SD's ft-MSE decoder)
 UNET_STEPS, UNET_BATCH = 1400, 64
-LORA_STEPS, LORA_BATCH = 100, 64
+LORA_BATCH = 32
 CAPTION_DROPOUT = 0.1
 LORAS = {  # name -> (file format, rank, alpha)
     "outline": ("kohya", 8, 4.0),
     "pastel": ("peft", 8, 8.0),
     "stripes": ("diffusers", 8, 8.0),
 }
+# name -> (steps, peak lr); outline's alpha/rank = 0.5 halves its update, hence the higher lr
+LORA_TRAIN = {"outline": (150, 1.2e-2), "pastel": (75, 6e-3), "stripes": (75, 6e-3)}
 
 
 def setup():
@@ -248,8 +250,10 @@ def phase_lora(work, d, lat, tok, name, k):
     if os.path.exists(p):
         return torch.load(p)
     fmt, r, alpha = LORAS[name]
+    steps, peak = LORA_TRAIN[name]
     t0 = time.time()
     te, unet = load_base(work, tok)
+    torch.manual_seed(SEED + 40 + k)  # LoRA init must not depend on which earlier phases ran in this process
     for q in list(te.parameters()) + list(unet.parameters()):
         q.requires_grad_(False)
     te_layers = L.inject(te, L.te_targets(te), r, alpha)
@@ -262,20 +266,20 @@ def phase_lora(work, d, lat, tok, name, k):
     ac = torch.from_numpy(sched.alphas_cumprod())
     g = torch.Generator().manual_seed(SEED + 30 + k)
     run = 0.0
-    for step in range(LORA_STEPS):
+    for step in range(steps):
         for pg in opt.param_groups:
-            pg["lr"] = lr_at(step, LORA_STEPS, 3e-3, warm=10)
+            pg["lr"] = lr_at(step, steps, peak, warm=10)
         idx = torch.randint(0, len(x0), (LORA_BATCH,), generator=g)
         loss = diffusion_loss(te, unet, x0[idx], drop_captions(ids[idx], empty, g), g, ac)
         opt.zero_grad()
         loss.backward()
         opt.step()
         run = loss.item() if step == 0 else 0.95 * run + 0.05 * loss.item()
-        if step % 50 == 0 or step == LORA_STEPS - 1:
+        if step % 10 == 0 or step == steps - 1:
             log(f"lora {name} {step} loss {run:.4f} ({time.time() - t0:.0f}s)")
     out = {"te": L.extract(te_layers), "unet": L.extract(un_layers)}
     torch.save(out, p)
-    log(f"lora {name}: {LORA_STEPS} steps in {time.time() - t0:.1f}s")
+    log(f"lora {name}: {steps} steps in {time.time() - t0:.1f}s")
     return out
 
 
