@@ -24,6 +24,9 @@ export default defineConfig({
   resolve: { conditions: ['onnxruntime-web-use-extern-wasm', ...defaultClientConditions] },
   // The dev pre-bundler rewrites ORT's `new URL(…, import.meta.url)`; we serve its files ourselves.
   optimizeDeps: { exclude: ['onnxruntime-web'] },
+  // The loader's Web Worker (web/worker.ts, started by createWorkerLoader) is a module worker: it
+  // shares chunks with the page and keeps ORT's dynamic imports.
+  worker: { format: 'es' },
   build: {
     target: 'es2022',
     outDir: 'dist/web',

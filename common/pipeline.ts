@@ -5,6 +5,7 @@
  */
 import type { Digest } from './digest.ts';
 import type { AnyManifest, PipelineKind, Role } from './manifest.ts';
+import type { DeviceSession } from './generate/device/types.ts';
 import type { GenerateOptions, GenerateResult } from './generate/text-to-image.ts';
 
 export type { GenerateOptions, GenerateResult } from './generate/text-to-image.ts';
@@ -88,6 +89,13 @@ export interface PipelineInfo {
   overlays: { digest: Digest; scale: number; matched: number; components: Partial<Record<Role, number>> }[];
   /** True when the pipeline came whole from the in-memory pipeline cache. */
   fromPipelineCache: boolean;
+  /**
+   * Per component whose session switches LoRAs without being rebuilt (docs/architecture.md,
+   * "Switching LoRAs without a new session"): how many weights the current overlays feed
+   * merged (`fed`) and how many ride on a LoRA branch (`branched`). Absent on a pipeline built
+   * by merging into copies of the shards (a new session per overlay set).
+   */
+  loraSwitch?: Partial<Record<Role, { fed: number; branched: number }>>;
 }
 
 /** Input and output tensors, runtime-neutral (onnxruntime's Tensor has this shape). */
@@ -107,6 +115,13 @@ export interface Pipeline {
   run(feeds: Feeds): Promise<Feeds>;
   /** Prompt in, picture out, on a `text-to-image` pipeline (docs/generation.md). */
   generate(options: GenerateOptions): Promise<GenerateResult>;
+  /**
+   * Switches this pipeline to other load-time LoRAs or scales (`[]`: the base) on the same
+   * sessions: merged weights and branch factors are rewritten in place, after the runs in
+   * flight, and `info.overlays` follows. Fails with `unsupported` on a pipeline whose sessions
+   * were built by merging into shard copies (load it again with `loras` instead).
+   */
+  setLoras(loras: LoraOverlay[]): Promise<void>;
   dispose(): Promise<void>;
 }
 
@@ -125,10 +140,28 @@ export interface EngineSession {
   readonly inputTypes?: Readonly<Record<string, string>>;
   /** Declared dims per input (numbers, or names for symbolic ones), where the engine knows them. */
   readonly inputDims?: Readonly<Record<string, readonly (number | string)[]>>;
+  /** Where the engine keeps tensors on a device (WebGPU): runs whose outputs stay there (common/generate/device/types.ts). */
+  readonly runDevice?: DeviceSession['runDevice'];
+  /** That device: sessions with the same one pass device tensors to each other. */
+  readonly device?: DeviceSession['device'];
 }
+
+/**
+ * How a provider takes a weight fed on every run (an overridable initializer), which decides
+ * how load-time LoRAs are switched on it (common/loader/switch.ts):
+ * `in-place` — read where it lies (onnxruntime-node on CPU); `device` — a device tensor made
+ * once, read on every run without an upload (WebGPU); `copied` — copied on every run (WASM into
+ * its heap, CUDA to the GPU), so LoRAs ride on small branch factors instead.
+ */
+export type WeightFeeding = 'in-place' | 'device' | 'copied';
 
 /** One per runtime. `create` tries providers in order and reports every fallback. */
 export interface Engine {
+  /**
+   * How `provider` takes fed weights; absent (or null) means the engine does not say, and
+   * load-time LoRAs are merged into shard copies for a new session, as before switching existed.
+   */
+  weightFeeding?(provider: Provider): WeightFeeding | null;
   /** The providers `device` stands for, in the order they are tried. */
   providers(device: Device): Provider[];
   create(

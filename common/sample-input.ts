@@ -1,6 +1,8 @@
 /**
- * Inputs and outputs of the sample model (`fuseload sample`), runtime-neutral so the Node
- * runtime, the browser runtime and the demo feed and draw it the same way.
+ * Inputs and outputs of the graph sample (tools/sample/graph-sample.ts, the procedural model the
+ * `graph` path's tests and benches run), runtime-neutral so the Node runtime, the browser
+ * runtime and the server feed and draw it the same way. The trained text-to-image sample that
+ * `fuseload sample` writes takes a prompt instead (`p.generate`).
  */
 import type { TensorLike } from './pipeline.ts';
 

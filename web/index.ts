@@ -5,67 +5,20 @@
  *   import { loadPipeline } from 'fuseload/web';
  *   const p = await loadPipeline({ origin, model: 'sample', tag: 'latest' });
  *   const out = await p.run(feeds); // p.info.provider, p.info.fallbacks, p.info.sources
+ *
+ * `createWorkerLoader()` gives the same surface with all of it in a Web Worker (worker-client.ts).
  */
-import { createLoader, type Loader } from '../common/loader/index.ts';
 import type { LoadPipelineOptions, Pipeline } from '../common/pipeline.ts';
-import { type CacheInfo, IdbStore } from './idb-store.ts';
-import { withWebLock } from './locks.ts';
-import { createOrtEngine } from './ort-engine.ts';
+import { type BrowserLoader, type BrowserLoaderOptions, createBrowserLoader } from './browser-loader.ts';
+import type { CacheInfo } from './idb-store.ts';
 
+export { type BrowserLoader, type BrowserLoaderOptions, createBrowserLoader } from './browser-loader.ts';
 export type { CacheInfo, CachedBlob } from './idb-store.ts';
 export { IdbStore } from './idb-store.ts';
 export { createOrtEngine, webgpuAdapter, type WebGpuAdapterReport } from './ort-engine.ts';
 export { withWebLock } from './locks.ts';
+export { createWorkerLoader, type WorkerLoader, type WorkerLoaderOptions } from './worker-client.ts';
 export type * from '../common/pipeline.ts';
-
-export interface BrowserLoaderOptions {
-  /** IndexedDB database name (default `fuseload`). */
-  dbName?: string;
-  /** Cache budget in bytes; least recently used blobs are evicted past it (default: the browser's quota). */
-  budgetBytes?: number;
-  /** Where ORT's .wasm/.mjs files are served (default `/ort/` on this origin). */
-  wasmPaths?: string;
-  /** Parallel blob downloads (default 4). */
-  concurrency?: number;
-  warn?: (message: string) => void;
-}
-
-export interface BrowserLoader extends Loader {
-  readonly store: IdbStore;
-}
-
-export function createBrowserLoader(options: BrowserLoaderOptions = {}): BrowserLoader {
-  const store = new IdbStore({ dbName: options.dbName, budgetBytes: options.budgetBytes });
-  const loader = createLoader({
-    engine: createOrtEngine({ wasmPaths: options.wasmPaths }),
-    store,
-    withLock: withBlobLock,
-    // IndexedDB writes compete with downloads and hashing for the same cores: write once the blobs are in.
-    deferStoreWrites: true,
-    concurrency: options.concurrency,
-    warn: options.warn,
-  });
-  return Object.assign(loader, { store });
-}
-
-/**
- * `withWebLock` that says when it would have to wait (`onContended`, before waiting), so the
- * loader releases the store writes it holds back first: no two tabs wait on each other.
- */
-async function withBlobLock<T>(name: string, fn: () => Promise<T>, onContended?: () => void): Promise<T> {
-  const locks = typeof navigator !== 'undefined' ? navigator.locks : undefined;
-  if (!locks) {
-    onContended?.(); // the per-page fallback queue cannot tell: never hold writes back there
-    return withWebLock(name, fn);
-  }
-  if (onContended) {
-    const busy = Symbol('busy');
-    const got = await locks.request(name, { mode: 'exclusive', ifAvailable: true }, (lock) => (lock ? fn() : busy));
-    if (got !== busy) return got as T;
-    onContended();
-  }
-  return withWebLock(name, fn);
-}
 
 let defaultLoader: BrowserLoader | null = null;
 let defaultOptions: BrowserLoaderOptions = {};

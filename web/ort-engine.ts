@@ -4,7 +4,8 @@
  * ORT's .wasm/.mjs come from our own origin (`wasmPaths`), never a CDN.
  */
 import * as ort from 'onnxruntime-web/webgpu';
-import type { Device, Engine, EngineSession, ExternalDataFile, Feeds, Provider, TensorLike } from '../common/pipeline.ts';
+import { type DeviceFeeds, type DeviceSessionLike, type DeviceTensor, isDeviceTensor, type SessionDevice } from '../common/generate/device/types.ts';
+import type { Device, Engine, EngineSession, ExternalDataFile, Feeds, Provider, TensorLike, WeightFeeding } from '../common/pipeline.ts';
 
 export interface OrtEngineOptions {
   /** URL prefix where ORT's runtime files are served (default `<page origin>/ort/`, see web/vite-plugin-ort.ts). */
@@ -74,6 +75,7 @@ export function createOrtEngine(options: OrtEngineOptions = {}): Engine {
       if (device === 'webgpu' || device === 'wasm') return [device];
       return [];
     },
+    weightFeeding: loraWeightFeeding,
     async create(graph: Uint8Array, externalData: ExternalDataFile[], provider: Provider, device?: Device): Promise<EngineSession> {
       if (provider === 'webgpu') {
         const { report, adapter } = await probeAdapter();
@@ -85,29 +87,170 @@ export function createOrtEngine(options: OrtEngineOptions = {}): Engine {
         // Hand ORT the adapter we probed so it does not pick another one.
         (ort.env.webgpu as { adapter?: unknown }).adapter = adapter;
       }
-      const session = await ort.InferenceSession.create(graph, {
+      const options: ort.InferenceSession.SessionOptions = {
         executionProviders: [provider],
         externalData: externalData.map((f) => ({ path: f.path, data: f.data })),
         graphOptimizationLevel: 'all',
         logSeverityLevel: 3,
-      });
+      };
+      if (provider === 'webgpu') return webgpu.session(graph, options);
+      const session = await ort.InferenceSession.create(graph, options);
       return {
         ...sessionMetadata(session),
         async run(feeds: Feeds): Promise<Feeds> {
-          const inputs: Record<string, ort.Tensor> = {};
-          for (const [name, t] of Object.entries(feeds)) inputs[name] = new ort.Tensor(t.type as ort.Tensor.Type, t.data as ort.Tensor.DataType, t.dims);
-          const outputs = await session.run(inputs);
-          const result: Feeds = {};
-          for (const [name, t] of Object.entries(outputs)) {
-            result[name] = { type: t.type, dims: t.dims, data: (await t.getData()) as TensorLike['data'] };
-            t.dispose();
-          }
-          return result;
+          const outputs = await session.run(toOrtFeeds(feeds));
+          return readOutputs(outputs, Object.keys(outputs));
         },
         release: () => session.release(),
       };
     },
   };
+}
+
+// ------------------------------------------------------------------------- LoRA switching (common/loader/switch.ts)
+
+/**
+ * How each provider takes weights fed on every run: WASM copies every input into its heap on
+ * each run (so LoRAs ride on small branch factors there); WebGPU reads a device tensor made
+ * once (a merged weight uploaded on a switch, never per step).
+ */
+function loraWeightFeeding(provider: Provider): WeightFeeding | null {
+  if (provider === 'webgpu') return 'device';
+  if (provider === 'wasm') return 'copied';
+  return null;
+}
+
+// ------------------------------------------------------------------------- WebGPU: tensors that stay on the GPU
+
+/** Output types onnxruntime-web can hand out as GPU buffers. */
+const GPU_TYPES = new Set(['float32', 'float16', 'int32', 'int64', 'uint32', 'uint8', 'bool']);
+
+/**
+ * The one WebGPU device of this page (onnxruntime-web runs every WebGPU session on the same
+ * GPUDevice). Sessions put their outputs in GPU buffers (`preferredOutputLocation`): `run` copies
+ * each back, `runDevice` keeps the ones asked for, so tensors pass from session to session
+ * without a round trip; every copy back is counted in `readbacks`.
+ */
+class WebGpuDevice implements SessionDevice {
+  readbacks = 0;
+  liveTensors = 0;
+  readonly #held = new WeakMap<DeviceTensor, ort.Tensor>();
+
+  async session(graph: Uint8Array, options: ort.InferenceSession.SessionOptions): Promise<EngineSession & DeviceSessionLike> {
+    let session = await ort.InferenceSession.create(graph, { ...options, preferredOutputLocation: 'gpu-buffer' });
+    const cpuOnly = session.outputMetadata.filter((m) => m.isTensor && !GPU_TYPES.has(m.type)).map((m) => m.name);
+    if (cpuOnly.length) {
+      // Rare output types (double, int8, …) have no GPU buffer in onnxruntime-web: those come out on the CPU.
+      await session.release();
+      const locations = Object.fromEntries(session.outputNames.map((n) => [n, cpuOnly.includes(n) ? 'cpu' : 'gpu-buffer'] as const));
+      session = await ort.InferenceSession.create(graph, { ...options, preferredOutputLocation: locations });
+    }
+    const device = this;
+    const s = session;
+    return {
+      ...sessionMetadata(s),
+      device,
+      async run(feeds: Feeds): Promise<Feeds> {
+        const outputs = await s.run(device.#toOrt(feeds));
+        return device.#read(outputs, Object.keys(outputs));
+      },
+      async runDevice(feeds: DeviceFeeds, keep: readonly string[], read: readonly string[] = []): Promise<DeviceFeeds> {
+        const outputs = await s.run(device.#toOrt(feeds), [...keep, ...read]);
+        const result: DeviceFeeds = {};
+        try {
+          for (const name of keep) {
+            const t = outputs[name];
+            if (t.location !== 'gpu-buffer') {
+              // An empty tensor, or a type without GPU buffers: nothing to hold on the device.
+              result[name] = { type: t.type, dims: t.dims, data: (await t.getData(true)) as TensorLike['data'] };
+              continue;
+            }
+            result[name] = device.#hold(t);
+          }
+          Object.assign(result, await device.#read(outputs, read));
+        } catch (e) {
+          for (const t of Object.values(result)) if (isDeviceTensor(t)) t.dispose();
+          throw e;
+        }
+        return result;
+      },
+      release: () => s.release(),
+    };
+  }
+
+  /** A session for one of the loop's small graphs, on this device. */
+  createSession(graph: Uint8Array): Promise<DeviceSessionLike> {
+    return this.session(graph, { executionProviders: ['webgpu'], graphOptimizationLevel: 'all', logSeverityLevel: 3 });
+  }
+
+  #hold(t: ort.Tensor): DeviceTensor {
+    this.liveTensors++;
+    let disposed = false;
+    const held: DeviceTensor = {
+      location: 'device',
+      type: t.type,
+      dims: t.dims,
+      dispose: () => {
+        if (disposed) return;
+        disposed = true;
+        this.liveTensors--;
+        t.dispose();
+      },
+    };
+    this.#held.set(held, t);
+    return held;
+  }
+
+  #toOrt(feeds: DeviceFeeds): Record<string, ort.Tensor> {
+    const inputs: Record<string, ort.Tensor> = {};
+    for (const [name, t] of Object.entries(feeds)) {
+      if (isDeviceTensor(t)) {
+        const held = this.#held.get(t);
+        if (!held) throw new Error(`input "${name}": a device tensor that is not this WebGPU device's`);
+        inputs[name] = held;
+      } else {
+        inputs[name] = new ort.Tensor(t.type as ort.Tensor.Type, t.data as ort.Tensor.DataType, t.dims);
+      }
+    }
+    return inputs;
+  }
+
+  /** Copies these outputs back (one readback each from the GPU) and releases the rest. */
+  async #read(outputs: ort.InferenceSession.OnnxValueMapType, names: readonly string[]): Promise<Feeds> {
+    const result: Feeds = {};
+    try {
+      // All copies in flight at once: one wait for the GPU, not one per output.
+      const data = await Promise.all(
+        names.map((name) => {
+          const t = outputs[name];
+          if (t.location === 'gpu-buffer') this.readbacks++;
+          return t.getData(true);
+        }),
+      );
+      names.forEach((name, i) => (result[name] = { type: outputs[name].type, dims: outputs[name].dims, data: data[i] as TensorLike['data'] }));
+    } finally {
+      for (const name of names) outputs[name].dispose();
+    }
+    return result;
+  }
+}
+
+const webgpu = new WebGpuDevice();
+
+function toOrtFeeds(feeds: Feeds): Record<string, ort.Tensor> {
+  const inputs: Record<string, ort.Tensor> = {};
+  for (const [name, t] of Object.entries(feeds)) inputs[name] = new ort.Tensor(t.type as ort.Tensor.Type, t.data as ort.Tensor.DataType, t.dims);
+  return inputs;
+}
+
+async function readOutputs(outputs: ort.InferenceSession.OnnxValueMapType, names: readonly string[]): Promise<Feeds> {
+  const result: Feeds = {};
+  for (const name of names) {
+    const t = outputs[name];
+    result[name] = { type: t.type, dims: t.dims, data: (await t.getData()) as TensorLike['data'] };
+    t.dispose();
+  }
+  return result;
 }
 
 /** Input and output names, element types and declared dims, as the loop needs them (docs/generation.md). */

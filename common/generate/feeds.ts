@@ -6,6 +6,7 @@
 import { FuseloadError } from '../errors.ts';
 import { f16ToF32, f32ToF16 } from '../lora/dtype.ts';
 import type { Feeds, TensorLike } from '../pipeline.ts';
+import { type DeviceFeeds, isDeviceTensor, type DeviceSession, type SessionDevice } from './device/types.ts';
 
 /** What the loop needs of a session: onnxruntime's InferenceSession has this shape. */
 export interface SessionLike {
@@ -16,6 +17,9 @@ export interface SessionLike {
   readonly inputTypes?: Readonly<Record<string, string>>;
   /** Declared dims per input (numbers, or strings for symbolic dims), when known. */
   readonly inputDims?: Readonly<Record<string, readonly (number | string)[]>>;
+  /** On a device (WebGPU): runs with tensors that stay there (device/types.ts). */
+  readonly runDevice?: DeviceSession['runDevice'];
+  readonly device?: SessionDevice;
 }
 
 /** The input called `preferred`, else the one at `position` (exporters that renamed inputs). */
@@ -79,9 +83,10 @@ export function timestepFeed(session: SessionLike, role: string, input: string, 
 }
 
 /** An output as float32 values, checked against the element count the loop expects. */
-export function floatOutput(outputs: Feeds, role: string, name: string, expected?: number): { values: Float32Array; dims: readonly number[] } {
+export function floatOutput(outputs: Feeds | DeviceFeeds, role: string, name: string, expected?: number): { values: Float32Array; dims: readonly number[] } {
   const t = outputs[name];
   if (!t) throw new FuseloadError('engine', `${role}: the session returned no output "${name}"`);
+  if (isDeviceTensor(t)) throw new FuseloadError('engine', `${role}: output "${name}" is on the device, not read back`);
   let values: Float32Array;
   if (t.type === 'float32' && t.data instanceof Float32Array) values = t.data;
   else if (t.type === 'float16' && t.data instanceof Uint16Array) values = f16ToF32(t.data);

@@ -17,7 +17,10 @@ export interface StepEvent {
   steps: number;
   /** The UNet timestep of the step just taken. */
   timestep: number;
-  /** The latents after this step ([1, C, H/f, W/f]); read-only — the loop never writes to it again. */
+  /**
+   * The latents after this step ([1, C, H/f, W/f]); read-only — the loop never writes to it again.
+   * Absent on a device-resident loop, whose latents stay on the GPU (`deviceResident: false` gives them).
+   */
   latents?: Float32Array;
 }
 
@@ -41,6 +44,11 @@ export interface GenerateOptions {
   onStep?: (event: StepEvent) => void;
   /** Aborts between steps with a FuseloadError of code `aborted`. */
   signal?: AbortSignal;
+  /**
+   * On sessions that keep tensors on their device (WebGPU), run the whole loop there and read back
+   * only the image. Default true; false runs it on the CPU, reading every step back.
+   */
+  deviceResident?: boolean;
 }
 
 export interface ResolvedOptions {
@@ -55,6 +63,7 @@ export interface ResolvedOptions {
   latents: Float32Array | undefined;
   onStep: ((event: StepEvent) => void) | undefined;
   signal: AbortSignal | undefined;
+  deviceResident: boolean;
 }
 
 export interface OptionDefaults {
@@ -106,7 +115,8 @@ export function resolveOptions(options: GenerateOptions, defaults: OptionDefault
   if (signal !== undefined && (signal === null || typeof signal !== 'object' || typeof signal.aborted !== 'boolean')) {
     throw badInput('signal', 'must be an AbortSignal');
   }
-  return { prompt, negativePrompt, steps, guidanceScale, scheduler, seed, width, height, latents, onStep: options.onStep, signal };
+  if (options.deviceResident !== undefined && typeof options.deviceResident !== 'boolean') throw badInput('deviceResident', 'must be true or false');
+  return { prompt, negativePrompt, steps, guidanceScale, scheduler, seed, width, height, latents, onStep: options.onStep, signal, deviceResident: options.deviceResident ?? true };
 }
 
 function text(field: string, v: unknown, required: boolean): string {

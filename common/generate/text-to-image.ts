@@ -7,20 +7,28 @@
  *   seed ─ randn × initNoiseSigma ─ latents ─ [scaleModelInput ─ unet (+ guidance) ─ scheduler.step] × steps
  *                                      └─ latents / scaling_factor ─ vae_decoder ─ RGBA
  *
- * Latents only ever change in `scheduler.step`, and every session call goes through `hooks.run`,
- * so an engine that keeps tensors on its device can take over those two places later.
+ * Latents only ever change in a scheduler step, and every session call goes through `hooks.run`.
+ * On an engine whose sessions keep tensors on their device (WebGPU), the loop runs there
+ * (device/loop.ts): text embeddings, latents and the noise prediction never leave the GPU, each
+ * scheduler step runs as a small graph of the same coefficients `scheduler.step` uses here, and
+ * the decoded image is the one readback.
  */
 import { badInput, FuseloadError } from '../errors.ts';
-import type { Feeds } from '../pipeline.ts';
+import { denoiseOnDevice } from './device/loop.ts';
+import { defaultCall, DeviceRun, type SessionCall } from './device/run.ts';
+import { type DeviceFeeds, type DeviceTensor, isDeviceTensor, type SessionDevice } from './device/types.ts';
 import { fixedDim, floatFeed, floatOutput, inputName, intFeed, outputName, timestepFeed, type SessionLike } from './feeds.ts';
 import { randn } from './noise.ts';
 import { resolveOptions, type GenerateOptions, type ResolvedOptions } from './options.ts';
 import { createScheduler } from './schedulers/index.ts';
 import type { Scheduler, SchedulerName } from './schedulers/types.ts';
 import type { PromptTokenizer } from './tokenizer.ts';
+import { guidanceEmbedding, type TextState, textTensor, timeIds, unetInputs, type UnetInputs, unetLayout } from './unet.ts';
 
 export type { SessionLike } from './feeds.ts';
 export type { GenerateOptions, StepEvent } from './options.ts';
+export type { LoopRole } from './device/run.ts';
+export { guidanceEmbedding } from './unet.ts';
 
 export type PartRole = 'text_encoder' | 'text_encoder_2' | 'unet' | 'vae_decoder';
 
@@ -46,8 +54,13 @@ export interface TextToImageParts {
 export interface GenerateHooks {
   /** Clock for `timings`, in ms. Default `performance.now`. */
   now?: () => number;
-  /** Every session call goes through here (tracing, device-resident tensors). Default `session.run(feeds)`. */
-  run?: (role: PartRole, session: SessionLike, feeds: Feeds) => Promise<Feeds>;
+  /**
+   * Every session call goes through here (tracing, counting). On a device-resident loop `keep` is
+   * set: the feeds may hold device tensors, the outputs named in `keep` stay on the device and
+   * only those and `read` are computed; the loop's own graphs come through as `scheduler` and
+   * `conditioning`. Default: `keep ? session.runDevice(feeds, keep, read) : session.run(feeds)`.
+   */
+  run?: SessionCall;
 }
 
 export interface GenerateResult {
@@ -60,20 +73,14 @@ export interface GenerateResult {
   promptTruncated: boolean;
   /** UNet calls made: steps with one batch-2 call, 2 × steps with a batch-1 UNet, steps without guidance. */
   unetCalls: number;
+  /** Whether the loop kept its tensors on the engine's device (WebGPU) and read back only the image. */
+  deviceResident: boolean;
   timings: { textMs: number; denoiseMs: number; decodeMs: number; totalMs: number };
-}
-
-interface TextState {
-  /** [1, L, D] per prompt. */
-  hidden: Float32Array;
-  /** SDXL's pooled embedding [1, P]. */
-  pooled?: Float32Array;
-  truncated: boolean;
 }
 
 export async function generateImage(parts: TextToImageParts, options: GenerateOptions, hooks: GenerateHooks = {}): Promise<GenerateResult> {
   const now = hooks.now ?? defaultNow;
-  const call = hooks.run ?? ((_role, session, feeds) => session.run(feeds));
+  const call = hooks.run ?? defaultCall;
   const started = now();
 
   const unet = unetInputs(parts);
@@ -93,59 +100,98 @@ export async function generateImage(parts: TextToImageParts, options: GenerateOp
   const guided = o.guidanceScale > 1 && !unet.timestepCond;
   throwIfAborted(o, 'before the text encoder');
 
-  const cond = await encodePrompt(parts, o.prompt, call);
-  const uncond = guided ? await encodeNegative(parts, o, cond, call) : undefined;
-  const textDone = now();
+  const device = o.deviceResident ? residentDevice(parts, scheduler) : null;
+  const run = device ? new DeviceRun(device, call) : null;
+  try {
+    const cond = await encodePrompt(parts, o.prompt, call, run);
+    const uncond = guided ? await encodeNegative(parts, o, cond, call, run) : undefined;
+    const textDone = now();
 
-  const lh = o.height / vaeScaleFactor;
-  const lw = o.width / vaeScaleFactor;
-  const shape = [1, unet.channels, lh, lw];
-  const count = unet.channels * lh * lw;
-  const noise = o.latents ?? randn(o.seed, count);
-  let latents: Float32Array = new Float32Array(count);
-  for (let i = 0; i < count; i++) latents[i] = noise[i] * scheduler.initNoiseSigma;
+    const lh = o.height / vaeScaleFactor;
+    const lw = o.width / vaeScaleFactor;
+    const shape = [1, unet.channels, lh, lw];
+    const count = unet.channels * lh * lw;
+    const noise = o.latents ?? randn(o.seed, count);
 
-  const denoiser = new Denoiser(parts, unet, shape, cond, uncond, o, call);
-  for (let i = 0; i < scheduler.timesteps.length; i++) {
-    throwIfAborted(o, `after ${i} of ${o.steps} steps`);
-    const timestep = scheduler.timesteps[i];
-    const modelOutput = await denoiser.predict(scheduler.scaleModelInput(latents, i), timestep);
-    const stepNoise = scheduler.needsNoise(i) ? randn(o.seed, count, 1 + i) : undefined;
-    latents = scheduler.step(modelOutput, i, latents, stepNoise);
-    o.onStep?.({ step: i + 1, steps: o.steps, timestep, latents });
+    let latents: Float32Array | DeviceTensor;
+    let unetCalls: number;
+    if (run) {
+      const denoised = await denoiseOnDevice({ parts, unet, shape, cond, uncond, o, scheduler, run, noise, scalingFactor, throwIfAborted: (when) => throwIfAborted(o, when) });
+      latents = denoised.vaeInput;
+      unetCalls = denoised.unetCalls;
+    } else {
+      let x: Float32Array = new Float32Array(count);
+      for (let i = 0; i < count; i++) x[i] = noise[i] * scheduler.initNoiseSigma;
+      const denoiser = new Denoiser(parts, unet, shape, cond, uncond, o, call);
+      for (let i = 0; i < scheduler.timesteps.length; i++) {
+        throwIfAborted(o, `after ${i} of ${o.steps} steps`);
+        const timestep = scheduler.timesteps[i];
+        const modelOutput = await denoiser.predict(scheduler.scaleModelInput(x, i), timestep);
+        const stepNoise = scheduler.needsNoise(i) ? randn(o.seed, count, 1 + i) : undefined;
+        x = scheduler.step(modelOutput, i, x, stepNoise);
+        o.onStep?.({ step: i + 1, steps: o.steps, timestep, latents: x });
+      }
+      latents = x;
+      unetCalls = denoiser.calls;
+    }
+    throwIfAborted(o, `after ${o.steps} steps, before the VAE`);
+    const denoised = now();
+
+    const image = await decode(parts, latents, shape, scalingFactor, o, vaeScaleFactor, call, run);
+    const done = now();
+    return {
+      image,
+      seed: o.seed,
+      steps: o.steps,
+      scheduler: scheduler.name,
+      guidanceScale: o.guidanceScale,
+      promptTruncated: cond.truncated || (uncond?.truncated ?? false),
+      unetCalls,
+      deviceResident: !!run,
+      timings: { textMs: textDone - started, denoiseMs: denoised - textDone, decodeMs: done - denoised, totalMs: done - started },
+    };
+  } finally {
+    // However the image ends (done, aborted, failed), nothing it held stays on the device.
+    run?.dispose();
   }
-  throwIfAborted(o, `after ${o.steps} steps, before the VAE`);
-  const denoised = now();
+}
 
-  const image = await decode(parts, latents, shape, scalingFactor, o, vaeScaleFactor, call);
-  const done = now();
-  return {
-    image,
-    seed: o.seed,
-    steps: o.steps,
-    scheduler: scheduler.name,
-    guidanceScale: o.guidanceScale,
-    promptTruncated: cond.truncated || (uncond?.truncated ?? false),
-    unetCalls: denoiser.calls,
-    timings: { textMs: textDone - started, denoiseMs: denoised - textDone, decodeMs: done - denoised, totalMs: done - started },
-  };
+/**
+ * The device the whole loop can run on: the UNet's and the VAE decoder's (they must share it),
+ * when every step is linear (dynamic thresholding is not) — else null, and the loop runs on the CPU.
+ */
+function residentDevice(parts: TextToImageParts, scheduler: Scheduler): SessionDevice | null {
+  const device = parts.unet.device;
+  if (!device || !parts.unet.runDevice || parts.vae_decoder.device !== device || !parts.vae_decoder.runDevice) return null;
+  for (let i = 0; i < scheduler.timesteps.length; i++) if (scheduler.linearStep(i).threshold) return null;
+  return device;
+}
+
+/** The session can hand its outputs over on the run's device. */
+function onDevice(session: SessionLike, run: DeviceRun | null): run is DeviceRun {
+  return !!run && session.device === run.device && !!session.runDevice;
 }
 
 // ------------------------------------------------------------------------- text
 
-type Call = NonNullable<GenerateHooks['run']>;
+type Call = SessionCall;
 
-async function encodePrompt(parts: TextToImageParts, prompt: string, call: Call): Promise<TextState> {
+async function encodePrompt(parts: TextToImageParts, prompt: string, call: Call, run: DeviceRun | null): Promise<TextState> {
   if (!parts.text_encoder_2) {
-    const { hidden, truncated } = await runEncoder('text_encoder', parts.text_encoder, parts.tokenizer, prompt, call, false);
+    const { hidden, truncated } = await runEncoder('text_encoder', parts.text_encoder, parts.tokenizer, prompt, call, false, run);
     return { hidden, truncated };
   }
   // SDXL: both encoders' penultimate hidden states, side by side per token; the second one's pool.
-  const first = await runEncoder('text_encoder', parts.text_encoder, parts.tokenizer, prompt, call, true);
-  const second = await runEncoder('text_encoder_2', parts.text_encoder_2, parts.tokenizer_2 ?? parts.tokenizer, prompt, call, true);
+  const first = await runEncoder('text_encoder', parts.text_encoder, parts.tokenizer, prompt, call, true, run);
+  const second = await runEncoder('text_encoder_2', parts.text_encoder_2, parts.tokenizer_2 ?? parts.tokenizer, prompt, call, true, run);
   const tokens = parts.tokenizer.maxLength;
   if ((parts.tokenizer_2 ?? parts.tokenizer).maxLength !== tokens) {
     throw new FuseloadError('shape-mismatch', 'tokenizer_2: its max length differs from tokenizer\'s');
+  }
+  if (isDeviceTensor(first.hidden) || isDeviceTensor(second.hidden)) {
+    const joined = await run!.concat([textTensor(first.hidden, tokens), textTensor(second.hidden, tokens)], 2, 'float32');
+    run!.release(first.hidden, second.hidden);
+    return { hidden: joined, pooled: second.pooled, truncated: first.truncated || second.truncated };
   }
   const d1 = first.hidden.length / tokens;
   const d2 = second.hidden.length / tokens;
@@ -157,11 +203,15 @@ async function encodePrompt(parts: TextToImageParts, prompt: string, call: Call)
   return { hidden, pooled: second.pooled, truncated: first.truncated || second.truncated };
 }
 
-async function encodeNegative(parts: TextToImageParts, o: ResolvedOptions, cond: TextState, call: Call): Promise<TextState> {
+async function encodeNegative(parts: TextToImageParts, o: ResolvedOptions, cond: TextState, call: Call, run: DeviceRun | null): Promise<TextState> {
   if (parts.text_encoder_2 && o.negativePrompt === undefined && (parts.forceZerosForEmptyPrompt ?? true)) {
-    return { hidden: new Float32Array(cond.hidden.length), pooled: cond.pooled && new Float32Array(cond.pooled.length), truncated: false };
+    return { hidden: new Float32Array(elements(cond.hidden)), pooled: cond.pooled && new Float32Array(elements(cond.pooled)), truncated: false };
   }
-  return encodePrompt(parts, o.negativePrompt ?? '', call);
+  return encodePrompt(parts, o.negativePrompt ?? '', call, run);
+}
+
+function elements(t: Float32Array | DeviceTensor): number {
+  return isDeviceTensor(t) ? t.dims.reduce((a, b) => a * b, 1) : t.length;
 }
 
 async function runEncoder(
@@ -171,19 +221,19 @@ async function runEncoder(
   prompt: string,
   call: Call,
   penultimate: boolean,
-): Promise<{ hidden: Float32Array; pooled?: Float32Array; truncated: boolean }> {
+  run: DeviceRun | null,
+): Promise<{ hidden: Float32Array | DeviceTensor; pooled?: Float32Array | DeviceTensor; truncated: boolean }> {
   const ids = inputName(session, role, 'input_ids', 0);
   const declared = fixedDim(session, ids, 1);
   if (declared !== undefined && declared !== tokenizer.maxLength) {
     throw new FuseloadError('shape-mismatch', `${role}: takes ${declared} tokens, the tokenizer makes ${tokenizer.maxLength}`);
   }
   const encoding = tokenizer.encode(prompt);
-  const feeds: Feeds = { [ids]: intFeed(session, role, ids, encoding.ids, [1, tokenizer.maxLength]) };
+  const feeds: DeviceFeeds = { [ids]: intFeed(session, role, ids, encoding.ids, [1, tokenizer.maxLength]) };
   // CLIP in diffusers runs without a mask (all ones): feed that where an export asks for one.
   if (session.inputNames.includes('attention_mask')) {
     feeds.attention_mask = intFeed(session, role, 'attention_mask', new Int32Array(tokenizer.maxLength).fill(1), [1, tokenizer.maxLength]);
   }
-  const outputs = await call(role, session, feeds);
   // The penultimate layer (SDXL) is the highest-but-one `hidden_states.N`; without those, last_hidden_state.
   const layers = session.outputNames
     .map((n) => /^hidden_states\.(\d+)$/.exec(n))
@@ -191,59 +241,31 @@ async function runEncoder(
     .map((m) => Number(m[1]))
     .sort((a, b) => a - b);
   const name = penultimate && layers.length >= 2 ? `hidden_states.${layers[layers.length - 2]}` : outputName(session, role, 'last_hidden_state');
+  const pooledName = role === 'text_encoder_2' ? (session.outputNames.includes('text_embeds') ? 'text_embeds' : session.outputNames[0]) : undefined;
+
+  if (onDevice(session, run)) {
+    // The states stay on the device for every UNet call; only these outputs are computed.
+    const outputs = await run.run(role, session, feeds, pooledName && pooledName !== name ? [name, pooledName] : [name]);
+    const hidden = outputs[name];
+    const pooled = pooledName === undefined ? undefined : outputs[pooledName];
+    const values = isDeviceTensor(hidden) ? hidden.dims.reduce((a, b) => a * b, 1) : hidden.data.length;
+    if (values % tokenizer.maxLength !== 0) {
+      throw new FuseloadError('shape-mismatch', `${role}: output "${name}" has ${values} values, not a multiple of ${tokenizer.maxLength} tokens`);
+    }
+    const asState = (t: typeof hidden) => (isDeviceTensor(t) ? t : floatOutput({ t }, role, 't').values);
+    return { hidden: asState(hidden), pooled: pooled && asState(pooled), truncated: encoding.truncated };
+  }
+
+  const outputs = await call(role, session, feeds);
   const { values } = floatOutput(outputs, role, name);
   if (values.length % tokenizer.maxLength !== 0) {
     throw new FuseloadError('shape-mismatch', `${role}: output "${name}" has ${values.length} values, not a multiple of ${tokenizer.maxLength} tokens`);
   }
-  let pooled: Float32Array | undefined;
-  if (role === 'text_encoder_2') {
-    const pooledName = session.outputNames.includes('text_embeds') ? 'text_embeds' : session.outputNames[0];
-    pooled = floatOutput(outputs, role, pooledName).values;
-  }
+  const pooled = pooledName === undefined ? undefined : floatOutput(outputs, role, pooledName).values;
   return { hidden: values, pooled, truncated: encoding.truncated };
 }
 
 // ------------------------------------------------------------------------- UNet
-
-interface UnetInputs {
-  sample: string;
-  timestep: string;
-  hidden: string;
-  out: string;
-  channels: number;
-  /** Fixed batch of the graph, when declared. */
-  batch: number | undefined;
-  timestepCond?: { name: string; dim: number };
-  textEmbeds?: string;
-  timeIds?: string;
-}
-
-function unetInputs(parts: TextToImageParts): UnetInputs {
-  const s = parts.unet;
-  const sample = inputName(s, 'unet', 'sample', 0);
-  const known = new Set([sample, inputName(s, 'unet', 'timestep', 1), inputName(s, 'unet', 'encoder_hidden_states', 2)]);
-  for (const extra of ['timestep_cond', 'text_embeds', 'time_ids']) if (s.inputNames.includes(extra)) known.add(extra);
-  const unknown = s.inputNames.filter((n) => !known.has(n));
-  if (unknown.length) throw new FuseloadError('unsupported', `unet: input "${unknown[0]}" is not one this loop feeds`);
-  const batch = fixedDim(s, sample, 0);
-  if (batch !== undefined && batch !== 1 && batch !== 2) {
-    throw new FuseloadError('unsupported', `unet: its graph fixes the batch at ${batch}; the loop runs batch 1 or 2`);
-  }
-  if (s.inputNames.includes('text_embeds') && !parts.text_encoder_2) {
-    throw new FuseloadError('unsupported', 'unet: takes text_embeds (SDXL) but the pipeline has no text_encoder_2');
-  }
-  return {
-    sample,
-    timestep: inputName(s, 'unet', 'timestep', 1),
-    hidden: inputName(s, 'unet', 'encoder_hidden_states', 2),
-    out: outputName(s, 'unet', 'out_sample'),
-    channels: fixedDim(s, sample, 1) ?? 4,
-    batch,
-    timestepCond: s.inputNames.includes('timestep_cond') ? { name: 'timestep_cond', dim: fixedDim(s, 'timestep_cond', 1) ?? 256 } : undefined,
-    textEmbeds: s.inputNames.includes('text_embeds') ? 'text_embeds' : undefined,
-    timeIds: s.inputNames.includes('time_ids') ? 'time_ids' : undefined,
-  };
-}
 
 /** One UNet evaluation per step, with classifier-free guidance as one batch-2 call or two batch-1 calls. */
 class Denoiser {
@@ -251,7 +273,7 @@ class Denoiser {
   readonly #count: number;
   readonly #timeIds: Float32Array;
   readonly #guidanceEmbedding: Float32Array | undefined;
-  readonly #static = new Map<string, Feeds>();
+  readonly #static = new Map<string, DeviceFeeds>();
 
   constructor(
     readonly parts: TextToImageParts,
@@ -263,25 +285,28 @@ class Denoiser {
     readonly call: Call,
   ) {
     this.#count = shape[1] * shape[2] * shape[3];
-    // SDXL micro-conditioning: original size, crop top-left, target size (diffusers' defaults: the output size, no crop).
-    this.#timeIds = Float32Array.from([o.height, o.width, 0, 0, o.height, o.width]);
+    this.#timeIds = timeIds(o.width, o.height);
     this.#guidanceEmbedding = unet.timestepCond && guidanceEmbedding(o.guidanceScale - 1, unet.timestepCond.dim);
   }
 
   async predict(input: Float32Array, timestep: number): Promise<Float32Array> {
-    if (!this.uncond) {
-      if (this.unet.batch === 2) return (await this.#run([input, input], [this.cond, this.cond], timestep)).subarray(0, this.#count);
-      return this.#run([input], [this.cond], timestep);
-    }
     let both: Float32Array;
-    if (this.unet.batch === 1) {
-      const u = await this.#run([input], [this.uncond], timestep);
-      const c = await this.#run([input], [this.cond], timestep);
-      both = new Float32Array(2 * this.#count);
-      both.set(u);
-      both.set(c, this.#count);
-    } else {
-      both = await this.#run([input, input], [this.uncond, this.cond], timestep);
+    switch (unetLayout(this.unet, !!this.uncond)) {
+      case 'one':
+        return this.#run([input], [this.cond], timestep);
+      case 'first':
+        return (await this.#run([input, input], [this.cond, this.cond], timestep)).subarray(0, this.#count);
+      case 'two': {
+        const u = await this.#run([input], [this.uncond!], timestep);
+        const c = await this.#run([input], [this.cond], timestep);
+        both = new Float32Array(2 * this.#count);
+        both.set(u);
+        both.set(c, this.#count);
+        break;
+      }
+      case 'pair':
+        both = await this.#run([input, input], [this.uncond!, this.cond], timestep);
+        break;
     }
     const g = this.o.guidanceScale;
     const out = new Float32Array(this.#count);
@@ -296,7 +321,7 @@ class Denoiser {
     const s = this.parts.unet;
     const b = samples.length;
     const [, c, h, w] = this.shape;
-    const feeds: Feeds = {
+    const feeds: DeviceFeeds = {
       ...this.#conditioning(texts),
       [this.unet.sample]: floatFeed(s, 'unet', this.unet.sample, concat(samples), [b, c, h, w]),
       [this.unet.timestep]: timestepFeed(s, 'unet', this.unet.timestep, timestep, b),
@@ -307,15 +332,15 @@ class Denoiser {
   }
 
   /** The inputs that stay the same every step (text, pooled text, time ids, guidance embedding), built once per batch layout. */
-  #conditioning(texts: TextState[]): Feeds {
+  #conditioning(texts: TextState[]): DeviceFeeds {
     const key = texts.map((t) => (t === this.cond ? 'c' : 'u')).join('');
     const cached = this.#static.get(key);
     if (cached) return cached;
     const s = this.parts.unet;
     const b = texts.length;
     const tokens = this.parts.tokenizer.maxLength;
-    const hidden = concat(texts.map((t) => t.hidden));
-    const feeds: Feeds = { [this.unet.hidden]: floatFeed(s, 'unet', this.unet.hidden, hidden, [b, tokens, hidden.length / b / tokens]) };
+    const hidden = concat(texts.map((t) => cpu(t.hidden)));
+    const feeds: DeviceFeeds = { [this.unet.hidden]: floatFeed(s, 'unet', this.unet.hidden, hidden, [b, tokens, hidden.length / b / tokens]) };
     if (this.unet.timestepCond && this.#guidanceEmbedding) {
       const e = this.#guidanceEmbedding;
       feeds[this.unet.timestepCond.name] = floatFeed(s, 'unet', this.unet.timestepCond.name, concat(texts.map(() => e)), [b, e.length]);
@@ -323,7 +348,8 @@ class Denoiser {
     if (this.unet.textEmbeds) {
       const pooled = texts.map((t) => t.pooled);
       if (pooled.some((p) => !p)) throw new FuseloadError('unsupported', 'text_encoder_2: gave no pooled text_embeds for the UNet');
-      feeds[this.unet.textEmbeds] = floatFeed(s, 'unet', this.unet.textEmbeds, concat(pooled as Float32Array[]), [b, pooled[0]!.length]);
+      const values = pooled.map((p) => cpu(p!));
+      feeds[this.unet.textEmbeds] = floatFeed(s, 'unet', this.unet.textEmbeds, concat(values), [b, values[0].length]);
     }
     if (this.unet.timeIds) {
       feeds[this.unet.timeIds] = floatFeed(s, 'unet', this.unet.timeIds, concat(texts.map(() => this.#timeIds)), [b, 6]);
@@ -333,36 +359,31 @@ class Denoiser {
   }
 }
 
-/** LCM's guidance embedding of w (diffusers' get_guidance_scale_embedding): sin/cos of 1000·w at `dim` frequencies. */
-export function guidanceEmbedding(w: number, dim: number): Float32Array {
-  const half = Math.floor(dim / 2);
-  const scale = Math.log(10000) / (half - 1);
-  const out = new Float32Array(dim); // an odd dim is zero-padded
-  for (let i = 0; i < half; i++) {
-    const x = w * 1000 * Math.exp(-scale * i);
-    out[i] = Math.sin(x);
-    out[half + i] = Math.cos(x);
-  }
-  return out;
-}
-
 // ------------------------------------------------------------------------- VAE
 
 async function decode(
   parts: TextToImageParts,
-  latents: Float32Array,
+  latents: Float32Array | DeviceTensor,
   shape: number[],
   scalingFactor: number,
   o: ResolvedOptions,
   vaeScaleFactor: number,
   call: Call,
+  run: DeviceRun | null,
 ): Promise<GenerateResult['image']> {
   const s = parts.vae_decoder;
   const input = inputName(s, 'vae_decoder', 'latent_sample', 0);
-  const scaled = new Float32Array(latents.length);
-  for (let i = 0; i < latents.length; i++) scaled[i] = latents[i] / scalingFactor;
-  const outputs = await call('vae_decoder', s, { [input]: floatFeed(s, 'vae_decoder', input, scaled, shape) });
   const name = outputName(s, 'vae_decoder', 'sample');
+  let outputs: DeviceFeeds;
+  if (isDeviceTensor(latents)) {
+    // Scaled by 1/scaling_factor in the last step's graph already; the image is the one readback.
+    outputs = await run!.run('vae_decoder', s, { [input]: latents }, [], [name]);
+    run!.release(latents);
+  } else {
+    const scaled = new Float32Array(latents.length);
+    for (let i = 0; i < latents.length; i++) scaled[i] = latents[i] / scalingFactor;
+    outputs = await call('vae_decoder', s, { [input]: floatFeed(s, 'vae_decoder', input, scaled, shape) });
+  }
   const { values, dims } = floatOutput(outputs, 'vae_decoder', name, 3 * o.width * o.height);
   if (dims.length === 4 && (dims[2] !== o.height || dims[3] !== o.width)) {
     throw new FuseloadError(
@@ -377,13 +398,14 @@ async function decode(
 export function toRgba(chw: Float32Array, width: number, height: number): Uint8ClampedArray {
   const plane = width * height;
   const out = new Uint8ClampedArray(plane * 4);
-  for (let i = 0; i < plane; i++) {
-    for (let ch = 0; ch < 3; ch++) {
-      const v = Math.min(1, Math.max(0, chw[ch * plane + i] / 2 + 0.5));
-      out[i * 4 + ch] = Math.round(v * 255);
+  for (let ch = 0; ch < 3; ch++) {
+    const base = ch * plane;
+    for (let i = 0, o = ch; i < plane; i++, o += 4) {
+      const v = chw[base + i] / 2 + 0.5;
+      out[o] = Math.round((v < 0 ? 0 : v > 1 ? 1 : v) * 255);
     }
-    out[i * 4 + 3] = 255;
   }
+  for (let o = 3; o < out.length; o += 4) out[o] = 255;
   return out;
 }
 
@@ -398,6 +420,12 @@ function concat(parts: Float32Array[]): Float32Array {
     at += p.length;
   }
   return out;
+}
+
+/** A prompt state the CPU loop holds (never a device tensor there). */
+function cpu(t: Float32Array | DeviceTensor): Float32Array {
+  if (isDeviceTensor(t)) throw new FuseloadError('engine', 'generate: a device tensor reached the CPU loop');
+  return t;
 }
 
 function throwIfAborted(o: ResolvedOptions, when: string): void {

@@ -74,26 +74,39 @@ export function createPromptTokenizer(assets: TokenizerAssets, options: PromptTo
   const padId = tokenizer.token_to_id(padToken) ?? tokenizer.token_to_id(tokenContent(config.eos_token) ?? '<|endoftext|>');
   if (padId === undefined) throw badInput(`${folder}/tokenizer_config.json`, `pad token "${padToken}" is not in the vocabulary`);
 
+  const pad = padId;
+  // The last few prompts' encodings: a prompt is usually generated more than once (seeds, negatives).
+  const recent = new Map<string, PromptEncoding>();
   return {
     maxLength,
     padId,
     encode(text: string): PromptEncoding {
-      const full = tokenizer.encode(text, { add_special_tokens: true }).ids;
-      const bare = tokenizer.encode(text, { add_special_tokens: false }).ids;
-      // The post-processor's template around the text (CLIP: BOS … EOS), found by where the bare ids sit.
-      const at = bare.length ? indexOfRun(full, bare) : -1;
-      const prefix = at >= 0 ? full.slice(0, at) : full;
-      const suffix = at >= 0 ? full.slice(at + bare.length) : [];
-      const room = maxLength - prefix.length - suffix.length;
-      if (room < 0) throw badInput('maxLength', `${maxLength} is shorter than the tokenizer's special tokens`);
-      const body = at >= 0 ? bare.slice(0, room) : [];
-      const kept = [...prefix, ...body, ...suffix];
-      const ids = new Int32Array(maxLength).fill(padId);
-      ids.set(kept);
-      return { ids, length: kept.length, truncated: at >= 0 && bare.length > room };
+      const encoding = recent.get(text) ?? encodeText(text);
+      recent.delete(text);
+      recent.set(text, encoding);
+      if (recent.size > RECENT_PROMPTS) recent.delete(recent.keys().next().value!);
+      return { ...encoding, ids: encoding.ids.slice() };
     },
   };
+
+  function encodeText(text: string): PromptEncoding {
+    const full = tokenizer.encode(text, { add_special_tokens: true }).ids;
+    const bare = tokenizer.encode(text, { add_special_tokens: false }).ids;
+    // The post-processor's template around the text (CLIP: BOS … EOS), found by where the bare ids sit.
+    const at = bare.length ? indexOfRun(full, bare) : -1;
+    const prefix = at >= 0 ? full.slice(0, at) : full;
+    const suffix = at >= 0 ? full.slice(at + bare.length) : [];
+    const room = maxLength - prefix.length - suffix.length;
+    if (room < 0) throw badInput('maxLength', `${maxLength} is shorter than the tokenizer's special tokens`);
+    const body = at >= 0 ? bare.slice(0, room) : [];
+    const kept = [...prefix, ...body, ...suffix];
+    const ids = new Int32Array(maxLength).fill(pad);
+    ids.set(kept);
+    return { ids, length: kept.length, truncated: at >= 0 && bare.length > room };
+  }
 }
+
+const RECENT_PROMPTS = 16;
 
 /**
  * The tokenizer.json of a CLIP BPE (transformers' CLIPConverter): NFC, collapse whitespace,

@@ -3,6 +3,15 @@
  * memory → the persistent store (re-verified unless the store vouches for its reads) →
  * the network under a per-blob lock (resumed, retried, verified), stored behind the load.
  * Graph, shards, assets and LoRA files all come through here.
+ *
+ * A blob can be verified beside the caller's next step instead of before it (`verifyLater`): its
+ * bytes go on as soon as they are in, with a `verified` promise, and the caller must not let
+ * anything built from them produce output until it resolves (the loader builds sessions from
+ * weight shards meanwhile and returns the pipeline only after it). Stored bytes are hashed once
+ * every blob of the call is read (the reads keep the cores to themselves), downloads as they
+ * stream (where the runtime hashes off this thread, `hasher`) or once each is in; nothing is put in
+ * memory or the store before its check. A mismatch drops what was stored and rejects with
+ * `LateDigestMismatch`; the next read fetches the blob again.
  */
 import pLimit from 'p-limit';
 import { type Digest, digestHex, sha256 } from '../digest.ts';
@@ -23,13 +32,67 @@ export interface BlobSourceOptions {
   concurrency: number;
   memoryBudgetBytes?: number;
   warn: (message: string) => void;
+  /** Hashing off this thread, where the runtime has it (the browser's Web Workers); default WebCrypto inline. */
+  hasher?: OffThreadHasher;
 }
+
+/** An incremental SHA-256: `update` may take the chunk's buffer (the caller is done with it), and returns a promise to wait on when behind. */
+export interface StreamHash {
+  update(chunk: Uint8Array): Promise<void> | void;
+  digest(): Promise<Digest>;
+  /** The bytes so far are void (the download starts over): frees what it holds. */
+  abandon(): void;
+}
+
+/**
+ * SHA-256 where it does not hold the loader's thread (WebCrypto hashes on the calling thread):
+ * of a stored Blob handle, read by the hasher itself, and of a download as it streams.
+ */
+export interface OffThreadHasher {
+  blob(blob: Blob): Promise<Digest>;
+  /** A download of `size` bytes as it streams; null when it cannot take one (its workers failed): the download is hashed whole, inline. */
+  stream(size: number): StreamHash | null;
+}
+
+/** A store that can hand out a blob as a Blob handle without reading it (IdbStore). */
+interface HandleStore extends BlobStore {
+  getBlob(digest: Digest): Promise<Blob | null>;
+}
+
+const hasHandles = (store: BlobStore): store is HandleStore => typeof (store as Partial<HandleStore>).getBlob === 'function';
 
 export interface GotBlob {
   bytes: Uint8Array;
   source: CacheSource;
   bytesFetched: number;
+  /** Resolves once the bytes are known to be the digest's (at once unless read with `verifyLater`); rejects with LateDigestMismatch. */
+  verified: Promise<void>;
 }
+
+export interface GetOptions {
+  /** Which blobs go on before they are hashed, with a `verified` promise (see above). Default none. */
+  verifyLater?: (ref: BlobRef) => boolean;
+  /** With verifyLater: when stored bytes start hashing (getBlobs: once all its blobs are read). Default at once. */
+  hashAfter?: Promise<void>;
+}
+
+/**
+ * A blob whose bytes did not hash to its digest after they had been handed on (`verifyLater`):
+ * nothing of it was kept (a stored record is deleted); loading again fetches it.
+ */
+export class LateDigestMismatch extends FuseloadError {
+  /** Set by getBlobs: where its other blobs came from and what crossed the network, for the load that goes again. */
+  earlier?: { sources: Record<Digest, CacheSource>; bytesFetched: number };
+  constructor(
+    readonly digest: Digest,
+    message: string,
+    options?: { cause?: unknown },
+  ) {
+    super('digest-mismatch', message, options);
+  }
+}
+
+const VERIFIED = Promise.resolve();
 
 /** Where a load's store writes wait (deferStoreWrites); `open` lets them go. */
 export interface WriteGate {
@@ -42,7 +105,7 @@ const DEFER_WRITES_MAX_MS = 5_000;
 
 export function createBlobSource(o: BlobSourceOptions) {
   const memory = new MemoryStore(o.memoryBudgetBytes);
-  const { store, warn } = o;
+  const { store, warn, hasher } = o;
   const limit = pLimit(o.concurrency);
   /** Store writes still running after their load went on (store-behind). */
   const pendingWrites = new Set<Promise<unknown>>();
@@ -53,8 +116,8 @@ export function createBlobSource(o: BlobSourceOptions) {
   };
 
   /**
-   * Opened when the load's blobs are all in memory, when any load of this loader has to wait
-   * for a lock, or after DEFER_WRITES_MAX_MS at most.
+   * Opened when the load's blobs are all in memory and verified, when any load of this loader has
+   * to wait for a lock, or after DEFER_WRITES_MAX_MS at most.
    */
   function writeGate(): WriteGate {
     if (!o.deferStoreWrites) return { wait: Promise.resolve(), open: () => {} };
@@ -70,39 +133,79 @@ export function createBlobSource(o: BlobSourceOptions) {
     return { wait, open };
   }
 
-  async function readStore(ref: BlobRef, progress: Progress): Promise<Uint8Array | null> {
+  /**
+   * A stored blob, re-hashed (unless the store vouches for its reads): before it is returned, or
+   * with `verifyLater` beside the caller (the size is always checked first; it costs nothing).
+   * Null when missing, unreadable, or (hashed first) corrupt.
+   */
+  async function readStore(ref: BlobRef, progress: Progress, options: GetOptions = {}): Promise<{ bytes: Uint8Array; verified: Promise<void> } | null> {
+    const verifyLater = options.verifyLater?.(ref) ?? false;
     let bytes: Uint8Array | null;
+    // With a hasher and a store of handles, the hasher reads the same (immutable) Blob itself.
+    let handle: Blob | null = null;
     try {
-      bytes = await store.get(ref.digest);
+      if (verifyLater && hasher && !store.verifiesReads && hasHandles(store)) {
+        handle = await store.getBlob(ref.digest);
+        bytes = handle && new Uint8Array(await handle.arrayBuffer());
+      } else {
+        bytes = await store.get(ref.digest);
+      }
     } catch (e) {
       warn(`blob ${ref.digest}: ${store.kind} read failed (${errorText(e)}); fetching it`);
       return null;
     }
     if (!bytes) return null;
-    progress.emit('verify', ref.digest, 0, ref.size);
-    // A store that verifies its own reads (DiskStore's stamp check) is not hashed twice.
-    if (bytes.byteLength !== ref.size || (!store.verifiesReads && (await sha256(bytes)) !== ref.digest)) {
+    const corrupt = async () => {
       warn(`blob ${ref.digest} in ${store.kind} is corrupt; fetching it again`);
       await store.delete(ref.digest).catch(() => {});
+    };
+    if (bytes.byteLength !== ref.size) {
+      await corrupt();
       return null;
     }
-    await memory.put(ref.digest, bytes);
-    progress.blobDone(ref, 'store');
-    return bytes;
+    progress.emit('verify', ref.digest, 0, ref.size);
+    const found = bytes;
+    // A store that verifies its own reads (DiskStore's stamp check) is not hashed twice.
+    // Deferred, the hash waits for the call's other reads and for the caller's next step to start:
+    // even off this thread it competes with them for the cores (on two, a warm load's reads took a
+    // quarter longer when their hashes started beside them: test/bench/browser-load.ts).
+    const hash = () => (handle && hasher ? hasher.blob(handle) : sha256(found));
+    const start = verifyLater ? (options.hashAfter ?? VERIFIED) : VERIFIED;
+    const hashed = store.verifiesReads ? Promise.resolve(true) : start.then(hash).then((d) => d === ref.digest);
+    const verified = hashed.then(async (ok) => {
+      if (!ok) {
+        await corrupt();
+        throw new LateDigestMismatch(ref.digest, `blob ${ref.digest} in ${store.kind} is corrupt; it was dropped and is fetched again`);
+      }
+      // Only verified bytes enter the memory tier: a later load takes them without a check.
+      await memory.put(ref.digest, found);
+      progress.blobDone(ref, 'store');
+    });
+    if (!verifyLater) return verified.then(() => ({ bytes: found, verified: VERIFIED }), () => null);
+    verified.catch(() => {}); // the caller may stop listening (an aborted load); the record is dropped either way
+    return { bytes: found, verified };
   }
 
   /** One blob: memory → store (re-verified: a tampered record is dropped) → network under the lock. */
-  async function getBlob(origin: string, ref: BlobRef, progress: Progress, signal: AbortSignal | undefined, writeAfter: Promise<void>): Promise<GotBlob> {
+  async function getBlob(
+    origin: string,
+    ref: BlobRef,
+    progress: Progress,
+    signal: AbortSignal | undefined,
+    writeAfter: Promise<void>,
+    options: GetOptions = {},
+  ): Promise<GotBlob> {
     const hit = await memory.get(ref.digest);
     if (hit) {
       progress.blobDone(ref, 'memory');
-      return { bytes: hit, source: 'memory', bytesFetched: 0 };
+      return { bytes: hit, source: 'memory', bytesFetched: 0, verified: VERIFIED };
     }
-    const stored = await readStore(ref, progress);
-    if (stored) return { bytes: stored, source: 'store', bytesFetched: 0 };
+    const stored = await readStore(ref, progress, options);
+    if (stored) return { ...stored, source: 'store', bytesFetched: 0 };
 
-    // Store-behind: the load continues as soon as the bytes are verified, while the lock is
-    // held until they are stored, so another tab waiting on it finds them in its store.
+    // Store-behind: the load continues as soon as the bytes are verified (with verifyLater, as soon
+    // as they are in), while the lock is held until they are verified and stored, so another tab
+    // waiting on it finds them in its store.
     // Downloads share the loader's concurrency limit; a slot is freed once the bytes are verified.
     return limit(
       () =>
@@ -112,8 +215,10 @@ export function createBlobSource(o: BlobSourceOptions) {
             `fuseload:blob:${digestHex(ref.digest)}`,
             async () => {
               // Another tab or process may have stored it while we waited for the lock.
-              const late = (await memory.get(ref.digest)) ?? (await readStore(ref, progress));
-              if (late) return resolve({ bytes: late, source: 'store', bytesFetched: 0 });
+              const held = await memory.get(ref.digest);
+              const late = held ? { bytes: held, verified: VERIFIED } : await readStore(ref, progress, options);
+              const deferVerify = options.verifyLater?.(ref) ?? false;
+              if (late) return resolve({ ...late, source: 'store', bytesFetched: 0 });
               const result = await downloadBlob({
                 url: `${origin}/${blobKey(ref.digest)}`,
                 digest: ref.digest,
@@ -122,13 +227,22 @@ export function createBlobSource(o: BlobSourceOptions) {
                 signal,
                 onBytes: (received) => progress.bytes('download', ref, received),
                 onVerify: () => progress.emit('verify', ref.digest, 0, ref.size),
+                deferVerify,
+                ...(hasher ? { stream: (size: number) => hasher.stream(size) } : {}),
               });
+              const verified = result.verified.catch((e: unknown) => {
+                throw new LateDigestMismatch(ref.digest, (e as Error).message, { cause: e });
+              });
+              verified.catch(() => {});
+              // Deferred: the bytes go on now; the lock is held until they are verified, then stored.
+              if (deferVerify) resolve({ bytes: result.bytes, source: 'network', bytesFetched: result.bytesFetched, verified });
+              await verified;
               progress.emit('verify', ref.digest, ref.size, ref.size);
               await memory.put(ref.digest, result.bytes);
               progress.emit('store', ref.digest, 0, ref.size);
               // The write waits at most for this load's own blobs (writeAfter), and a tab that has to
               // wait for a lock first releases its held-back writes: no two tabs wait on each other.
-              resolve({ bytes: result.bytes, source: 'network', bytesFetched: result.bytesFetched });
+              resolve({ bytes: result.bytes, source: 'network', bytesFetched: result.bytesFetched, verified: VERIFIED });
               await writeAfter;
               try {
                 await store.put(ref.digest, result.bytes);
@@ -154,23 +268,31 @@ export function createBlobSource(o: BlobSourceOptions) {
 
   /**
    * Many blobs at once, all or nothing: siblings stop as soon as one fails, and the load's
-   * held-back store writes are let go once every blob is in memory (or the load failed).
+   * held-back store writes are let go once every blob is in memory and verified (or the load
+   * failed). `verified` settles when every check has: it rejects with the first mismatch.
    */
-  async function getBlobs(origin: string, refs: BlobRef[], progress: Progress, signal: AbortSignal | undefined, label: string) {
+  async function getBlobs(origin: string, refs: BlobRef[], progress: Progress, signal: AbortSignal | undefined, label: string, options: GetOptions = {}) {
     const blobs = new Map<Digest, Uint8Array>();
     const sources: Record<Digest, CacheSource> = {};
+    const checks: Promise<void>[] = [];
     let bytesFetched = 0;
     const stop = new AbortController();
     const forward = () => stop.abort(signal?.reason);
     signal?.addEventListener('abort', forward, { once: true });
     const gate = writeGate();
+    // With verifyLater, stored bytes are hashed once every blob here is read, and a macrotask
+    // later, so the caller's next step (a session's creation) starts first.
+    let allRead!: () => void;
+    const hashAfter = new Promise<void>((resolve) => (allRead = () => void setTimeout(resolve, 0)));
+    const get: GetOptions = { ...options, hashAfter: options.hashAfter ?? hashAfter };
     try {
       await Promise.all(
         // Not under `limit`: memory and store reads all start at once (getBlob limits downloads).
         refs.map((ref) =>
           (async () => {
             throwIfAborted(stop.signal, label);
-            const got = await getBlob(origin, ref, progress, stop.signal, gate.wait);
+            const got = await getBlob(origin, ref, progress, stop.signal, gate.wait, get);
+            checks.push(got.verified);
             sources[ref.digest] = got.source;
             bytesFetched += got.bytesFetched;
             blobs.set(ref.digest, got.bytes);
@@ -185,9 +307,19 @@ export function createBlobSource(o: BlobSourceOptions) {
       throw e;
     } finally {
       signal?.removeEventListener('abort', forward);
-      gate.open();
+      allRead();
+      // Held-back writes go once every blob is verified too (a failed load lets them go at once).
+      void Promise.allSettled(checks).then(gate.open);
     }
-    return { blobs, sources, bytesFetched };
+    // Every check runs to its end (each corrupt record is dropped), then the first mismatch is thrown.
+    const verified = Promise.allSettled(checks).then((results) => {
+      const failed = results.find((r) => r.status === 'rejected');
+      if (!failed) return;
+      if (failed.reason instanceof LateDigestMismatch) failed.reason.earlier = { sources, bytesFetched };
+      throw failed.reason;
+    });
+    verified.catch(() => {});
+    return { blobs, sources, bytesFetched, verified };
   }
 
   /**

@@ -11,13 +11,13 @@ import { isName, manifestKey, tagKey } from '../keys.ts';
 import { type AnyManifest, type BlobRef, type Component, componentEntries, decodeManifest, type PipelineManifest, pipelineView, parseTag, type Role } from '../manifest.ts';
 import type { CacheSource, ComponentInfo, Device, Engine, EngineSession, ExternalDataFile, Feeds, LoadPipelineOptions, LoraOverlay, Pipeline, PipelineInfo, Provider } from '../pipeline.ts';
 import type { BlobStore, MemoryStore } from '../store.ts';
-import { createBlobSource, errorText } from './blobs.ts';
+import { createBlobSource, errorText, LateDigestMismatch, type OffThreadHasher } from './blobs.ts';
 import { READ_LIMITS } from './bounded-read.ts';
 import { throwIfAborted } from './download.ts';
 import { createOverlayRuntime, type OverlayLora, type OverlayPlan, overlayKey, resolveOverlays } from './overlay.ts';
 import { Progress } from './progress.ts';
 import { createSession } from './sessions.ts';
-import { createSwitchRuntime, type LoraSwitchMode, type LoraWeights, type SwitchableComponent, switchableGraph } from './switch.ts';
+import { type BaseWeights, createSwitchRuntime, type LoraSwitchMode, type LoraWeights, type SwitchableComponent, switchableGraph } from './switch.ts';
 import { createGenerator, type Generator } from './text-to-image.ts';
 
 /**
@@ -59,6 +59,8 @@ export interface LoaderRuntime {
   memoryBudgetBytes?: number;
   /** Default console.warn. */
   warn?: (message: string) => void;
+  /** Hashing off the loader's thread (the browser's Web Workers, web/worker-hasher.ts); default WebCrypto inline. */
+  hasher?: OffThreadHasher;
   /** Load-time LoRA overlays: weights with at least this many elements merge on onnxruntime, smaller ones in JS (default 2^20). */
   overlayOrtMinElements?: number;
   /**
@@ -92,6 +94,8 @@ interface CachedPipeline {
   released: boolean;
   /** Components whose sessions switch LoRAs in place (switch.ts); empty for a copy-on-merge build. */
   switchable: Map<Role, SwitchableComponent>;
+  /** Their stored weights, fed on every run unless an overlay replaces one: read on the first handle. */
+  baseWeights: Promise<BaseWeights> | null;
   /** What a switch needs again: where the blobs come from, the manifest's view, the assets. */
   origin: string;
   model: string;
@@ -120,6 +124,7 @@ export function createLoader(runtime: LoaderRuntime): Loader {
     concurrency: runtime.concurrency ?? 4,
     memoryBudgetBytes: runtime.memoryBudgetBytes,
     warn,
+    hasher: runtime.hasher,
   });
   const { memory } = blobs;
   const pipelines = new Map<string, Promise<CachedPipeline>>();
@@ -190,7 +195,7 @@ export function createLoader(runtime: LoaderRuntime): Loader {
       const entry = await cached.catch(() => null);
       if (entry && !entry.released) return { entry, fromCache: true };
     }
-    const building = build(origin, model, fingerprint, manifest, view, loras, providers, device, progress, signal);
+    const building = buildVerified(origin, model, fingerprint, manifest, view, loras, providers, device, progress, signal);
     pipelines.set(key, building);
     try {
       const entry = await building;
@@ -199,6 +204,27 @@ export function createLoader(runtime: LoaderRuntime): Loader {
     } catch (e) {
       if (pipelines.get(key) === building) pipelines.delete(key);
       throw e;
+    }
+  }
+
+  /**
+   * `build`, and once more if a blob's bytes turned out wrong while its sessions were being built
+   * from them (those sessions are released and nothing of the blob was kept, so the second pass
+   * fetches it; wrong twice, the load fails with `digest-mismatch`).
+   */
+  async function buildVerified(...args: Parameters<typeof build>): Promise<CachedPipeline> {
+    try {
+      return await build(...args);
+    } catch (e) {
+      if (!(e instanceof LateDigestMismatch)) throw e;
+      const again = await build(...args);
+      // The good blobs were read on the first pass (and are in memory now): say where they came from.
+      const { sources, bytesFetched } = e.earlier ?? { sources: {}, bytesFetched: 0 };
+      for (const [digest, source] of Object.entries(sources) as [Digest, CacheSource][]) {
+        if (digest !== e.digest && again.info.sources[digest] === 'memory') again.info.sources[digest] = source;
+      }
+      again.info.bytesFetched += bytesFetched;
+      return again;
     }
   }
 
@@ -230,6 +256,8 @@ export function createLoader(runtime: LoaderRuntime): Loader {
     // A base's sessions are made switchable once; an overlay set that cannot switch gets plain ones over shard copies.
     const switchable = new Map<Role, SwitchableComponent>();
     const editFor = loras.length === 0 && switching() ? (role: Role, c: Component, graph: Uint8Array, provider: Provider) => editForSwitching(model, role, c, graph, provider, switchable) : null;
+    // Stored bytes are hashed while the sessions are built from them (blobs.ts, verifyLater); nothing leaves here before.
+    let mismatch: Promise<unknown> = Promise.resolve(null);
     try {
       // Components no overlay touches may load straight from the store's files (no bytes read here).
       const pending: [Role, Component][] = [];
@@ -245,7 +273,10 @@ export function createLoader(runtime: LoaderRuntime): Loader {
         for (const ref of [c.graph, ...c.shards]) sources[ref.digest] = 'store';
       }
       const refs = unique([...pending.flatMap(([, c]) => [c.graph, ...c.shards]), ...assetRefs]);
-      const got = await blobs.getBlobs(origin, refs, progress, signal, model);
+      // Weight shards are only copied by the engine: they are hashed beside the sessions' creation. Graphs are parsed: hashed first.
+      const weights = new Set(pending.flatMap(([, c]) => c.shards.map((s) => s.digest)));
+      const got = await blobs.getBlobs(origin, refs, progress, signal, model, { verifyLater: (ref) => weights.has(ref.digest) });
+      mismatch = got.verified.then(() => null, (e: unknown) => e);
       Object.assign(sources, got.sources);
       bytesFetched += got.bytesFetched;
       for (const [role, c] of pending) {
@@ -266,7 +297,10 @@ export function createLoader(runtime: LoaderRuntime): Loader {
         }))!;
         sessions[role] = created.session;
         infos[role] = { provider: created.provider, fallbacks: created.fallbacks };
+        dropWeights(got.blobs, pending, role);
       }
+      const corrupt = await mismatch;
+      if (corrupt) throw corrupt;
       const assets = new Map(Object.entries(view.assets).map(([path, ref]) => [path, got.blobs.get(ref.digest)!]));
       const main = MAIN_ROLES.find((r) => infos[r]) ?? components[0][0];
       const info: PipelineInfo = {
@@ -282,10 +316,11 @@ export function createLoader(runtime: LoaderRuntime): Loader {
         fromPipelineCache: false,
       };
       const generator = view.kind === 'text-to-image' ? createGenerator(model, sessions, assets) : null;
-      return { sessions, info, generator, handles: 0, released: false, switchable, origin, model, view, assets };
+      return { sessions, info, generator, handles: 0, released: false, switchable, baseWeights: null, origin, model, view, assets };
     } catch (e) {
       for (const s of Object.values(sessions)) await s?.release().catch(() => {});
-      throw e;
+      // A corrupt stored blob explains an engine's failure on its bytes better than the engine does.
+      throw (await mismatch) ?? e;
     }
   }
 
@@ -349,16 +384,16 @@ export function createLoader(runtime: LoaderRuntime): Loader {
     let sessions = entry.sessions;
     let generator = entry.generator;
     if (entry.switchable.size) {
-      weights = switchWeights(entry);
-      sessions = { ...entry.sessions, ...weights.sessions };
-      generator = entry.view.kind === 'text-to-image' ? createGenerator(entry.model, sessions, entry.assets) : null;
       try {
-        info = await applySwitch(entry, weights, info, overlays ?? { plan: { applied: [], terms: new Map() }, loras: [] });
+        weights = await switchWeights(entry);
+        info = await applySwitch(weights, info, overlays ?? { plan: { applied: [], terms: new Map() }, loras: [] });
       } catch (e) {
-        await weights.dispose();
+        await weights?.dispose();
         entry.handles--;
         throw e;
       }
+      sessions = { ...entry.sessions, ...weights.sessions };
+      generator = entry.view.kind === 'text-to-image' ? createGenerator(entry.model, sessions, entry.assets) : null;
     }
     return {
       get info() {
@@ -381,10 +416,13 @@ export function createLoader(runtime: LoaderRuntime): Loader {
         if (!weights) {
           throw new FuseloadError('unsupported', `${entry.info.manifest.name}: this pipeline's sessions were built over LoRA-merged shard copies and cannot switch; load it again with these loras`);
         }
-        const next = await switchOverlays(entry, loras);
-        const why = switcher.problem(entry.switchable, next.plan, entry.model);
-        if (why) throw new FuseloadError('unsupported', `${why}; load the pipeline again with these loras (merged into shard copies)`);
-        info = await applySwitch(entry, weights, { ...info, sources: { ...info.sources }, bytesFetched: 0 }, next);
+        // Checked before a weight changes: a refused switch leaves the handle as it was.
+        const next = switchOverlays(entry, loras).then((o) => {
+          const why = switcher.problem(entry.switchable, o.plan, entry.model);
+          if (why) throw new FuseloadError('unsupported', `${why}; load the pipeline again with these loras (merged into shard copies)`);
+          return o;
+        });
+        info = await applySwitch(weights, { ...info, bytesFetched: 0 }, next);
       },
       async dispose() {
         if (disposed) return;
@@ -401,6 +439,7 @@ export function createLoader(runtime: LoaderRuntime): Loader {
     if (entry.released) return;
     entry.released = true;
     for (const [key, value] of pipelines) if ((await value.catch(() => null)) === entry) pipelines.delete(key);
+    (await entry.baseWeights?.catch(() => null))?.dispose();
     for (const s of Object.values(entry.sessions)) await s?.release();
   }
 
@@ -439,15 +478,22 @@ export function createLoader(runtime: LoaderRuntime): Loader {
     return handle(entry, fromCache, { plan, loras });
   }
 
-  /** A handle's LoraWeights over the entry's switchable sessions; base weights come from shards by the one byte path. */
-  function switchWeights(entry: CachedPipeline): LoraWeights {
+  /** A handle's LoraWeights over the entry's switchable sessions; the stored weights are read once per entry. */
+  async function switchWeights(entry: CachedPipeline): Promise<LoraWeights> {
     const components = new Map([...entry.switchable].map(([role, component]) => [role, { session: entry.sessions[role]!, component }] as const));
-    return switcher.weights(components, (role, shard) => baseShard(entry, role, shard));
+    if (!entry.baseWeights) {
+      const loading = switcher.base(components, (role, shard) => baseShard(entry, role, shard));
+      entry.baseWeights = loading;
+      loading.catch(() => {
+        if (entry.baseWeights === loading) entry.baseWeights = null;
+      });
+    }
+    return switcher.weights(components, await entry.baseWeights);
   }
 
   /**
-   * One shard of a component's base, for merging fed weights: memory, else the store (verified,
-   * not kept in memory: the session already holds these weights), else the network.
+   * One shard of a component's base, for its fed weights: memory, else the store (verified, and
+   * not put in the memory tier: the fed weights keep views of it), else the network.
    */
   async function baseShard(entry: CachedPipeline, role: Role, shard: number): Promise<Uint8Array> {
     const ref = entry.view.components[role]!.shards[shard];
@@ -471,8 +517,11 @@ export function createLoader(runtime: LoaderRuntime): Loader {
   }
 
   /** Applies `overlays` to a handle's weights; returns its info with them. */
-  async function applySwitch(entry: CachedPipeline, weights: LoraWeights, info: PipelineInfo, { plan, loras }: SwitchOverlays): Promise<PipelineInfo> {
-    const counts = await weights.apply(plan);
+  async function applySwitch(weights: LoraWeights, info: PipelineInfo, overlays: SwitchOverlays | Promise<SwitchOverlays>): Promise<PipelineInfo> {
+    // The weights are held from this call on, so runs asked for meanwhile see the new overlays.
+    const ready = Promise.resolve(overlays);
+    const counts = await weights.apply(ready.then((o) => o.plan));
+    const { plan, loras } = await ready;
     const sources = { ...info.sources };
     let bytesFetched = info.bytesFetched;
     for (const lora of loras) {
@@ -535,6 +584,17 @@ export function createLoader(runtime: LoaderRuntime): Loader {
       for (const entry of new Set(entries)) if (entry && entry.handles === 0) await releaseEntry(entry);
     },
   };
+}
+
+/**
+ * Lets go of a component's weight shards once its session is built (the engine holds its own
+ * copy), unless a component still to come names one: a large pipeline is then never in memory
+ * twice over (our bytes and the engine's) for more than one component at a time.
+ */
+function dropWeights(held: Map<Digest, Uint8Array>, pending: [Role, Component][], built: Role): void {
+  const at = pending.findIndex(([role]) => role === built);
+  const later = new Set(pending.slice(at + 1).flatMap(([, c]) => c.shards.map((s) => s.digest)));
+  for (const s of pending[at][1].shards) if (!later.has(s.digest)) held.delete(s.digest);
 }
 
 function unique(refs: BlobRef[]): BlobRef[] {

@@ -11,7 +11,7 @@ import type { Digest } from '../../common/digest.ts';
 import { blobKey, manifestKey, tagKey } from '../../common/keys.ts';
 import { type Manifest, decodeManifest, schema1 } from '../../common/manifest.ts';
 import { resolveInput } from '../../tools/fetch-input/index.ts';
-import { writeSample } from '../../tools/sample/sample.ts';
+import { writeGraphSample } from '../../tools/sample/graph-sample.ts';
 import { DiskStore } from '../../tools/store/disk-store.ts';
 import { BUCKET, type S3Server, headObject, runCli, startS3Server, tempDir } from './helpers.ts';
 
@@ -22,7 +22,7 @@ let detail: Built;
 beforeAll(async () => {
   s3 = await startS3Server();
   work = await tempDir('built');
-  await writeSample(join(work, 'sample'));
+  await writeGraphSample(join(work, 'sample'));
   [warm, detail] = await Promise.all([build('warm.safetensors', 'warm'), build('detail.safetensors', 'detail')]);
 });
 afterAll(async () => {

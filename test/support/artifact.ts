@@ -1,7 +1,7 @@
 /**
- * The sample artifact for tests, built with the real CLI (`fuseload sample` then
- * `fuseload build`) once per set of sources and reused by every suite and worker:
- * it lands in `<tmpdir>/fuseload-test-artifacts/<key>`, keyed by the tool sources and the
+ * The graph-sample artifact for tests (tools/sample/graph-sample.ts, written in process, then
+ * built with the real CLI, `fuseload build`) once per set of sources and reused by every suite
+ * and worker: it lands in `<tmpdir>/fuseload-test-artifacts/<key>`, keyed by the tool sources and the
  * options, and is moved there whole (rename), so concurrent builders never see half of one.
  *
  *   const a = await sampleArtifact();          // { dir, fingerprint, manifest, blobs, ... }
@@ -15,6 +15,7 @@ import { join, relative } from 'node:path';
 import { promisify } from 'node:util';
 import { type Digest, digestHex } from '../../common/digest.ts';
 import { type BlobRef, type Manifest, decodeManifest, manifestBlobs, schema1 } from '../../common/manifest.ts';
+import { writeGraphSample } from '../../tools/sample/graph-sample.ts';
 import { REPO_ROOT } from './paths.ts';
 
 const run = promisify(execFile);
@@ -31,7 +32,7 @@ export interface SampleArtifactOptions {
 export interface SampleArtifact {
   /** The artifact directory: serve it as an origin's root. */
   dir: string;
-  /** The sample sources (`model.onnx`, LoRAs) it was built from. */
+  /** The graph sample's sources (`model.onnx`, LoRAs) it was built from. */
   sourceDir: string;
   name: string;
   tag: string;
@@ -80,7 +81,7 @@ async function buildOnce(options: { shardSize: number; name: string; tag: string
     const sourceDir = join(work, 'source');
     // The build cache goes in the scratch dir, not the user's ~/.cache.
     const env = { PIPELINE_STORE: join(work, 'store') };
-    await fuseload(['sample', sourceDir], env);
+    await writeGraphSample(sourceDir);
     const out = join(work, 'artifact');
     const fingerprint = (
       await fuseload(['build', '--base', join(sourceDir, 'model.onnx'), '--name', options.name, '--out', out, '--shard-size', String(options.shardSize)], env)

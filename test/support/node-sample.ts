@@ -1,13 +1,13 @@
 /**
- * The sample model built into an artifact by the real build tool (`fuseload sample` then
- * `fuseload build`), with a `latest` tag, for the Node runtime's tests and bench.
+ * The graph sample (tools/sample/graph-sample.ts) built into an artifact by the real build
+ * tool, with a `latest` tag, for the Node runtime's tests and bench.
  */
 import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Digest } from '../../common/digest.ts';
 import { tagKey } from '../../common/keys.ts';
 import { build } from '../../tools/build/build.ts';
-import { writeSample } from '../../tools/sample/sample.ts';
+import { writeGraphSample } from '../../tools/sample/graph-sample.ts';
 
 export interface BuiltSample {
   dir: string;
@@ -15,14 +15,14 @@ export interface BuiltSample {
   graph: Digest;
 }
 
-/** Writes the sample's sources under `<work>/src` and its artifact under `<work>/artifact`. */
+/** Writes the graph sample's sources under `<work>/src` and its artifact under `<work>/artifact`. */
 export async function buildSampleArtifact(
   work: string,
   options: { name?: string; tag?: string; loras?: { file: string; scale: number }[] } = {},
 ): Promise<BuiltSample> {
   const src = join(work, 'src');
   const dir = join(work, 'artifact');
-  await writeSample(src);
+  await writeGraphSample(src);
   const name = options.name ?? 'sample';
   const report = await build({
     base: join(src, 'model.onnx'),

@@ -1,5 +1,5 @@
 /**
- * Artifacts for the load-time overlay tests, all from the real build tool: the sample base
+ * Artifacts for the load-time overlay tests, all from the real build tool: the graph sample base
  * (several shards, so some stay untouched) with its LoRA files published beside it as blobs,
  * and one LoRA-merged artifact per case — `fuseload build` with the same LoRAs and scales,
  * the numbers an overlay must reproduce.
@@ -13,7 +13,7 @@ import { decodeManifest, type Manifest, schema1 } from '../../common/manifest.ts
 import type { LoraOverlay } from '../../common/pipeline.ts';
 import { encodeSafetensors } from '../../common/safetensors.ts';
 import { build } from '../../tools/build/build.ts';
-import { SAMPLE_CHANNELS, writeSample } from '../../tools/sample/sample.ts';
+import { SAMPLE_CHANNELS, writeGraphSample } from '../../tools/sample/graph-sample.ts';
 
 export const SHARD_SIZE = 16 * 1024;
 export const LORA_FILES = ['warm', 'cool', 'detail', 'misfit'] as const;
@@ -75,7 +75,7 @@ async function buildInto(out: string, base: string, loras: { path: string; scale
 export async function overlayArtifacts(cases: OverlayCase[] = CASES): Promise<OverlayArtifacts> {
   const work = await mkdtemp(join(tmpdir(), 'fuseload-overlay-'));
   const src = join(work, 'src');
-  await writeSample(src);
+  await writeGraphSample(src);
   await writeFile(join(src, 'misfit.safetensors'), misfitLora());
   const baseDir = join(work, 'base');
   const base = await buildInto(baseDir, join(src, 'model.onnx'), []);

@@ -383,7 +383,7 @@ describe('wiring', () => {
     const result = await generateImage(
       { text_encoder: te, unet: u, vae_decoder: v, tokenizer, schedulerConfig: {} },
       { prompt: 'cat', steps: 2, width: 16, height: 16, seed: 3 },
-      { run: (role, session, feeds) => (roles.push(role), session.run(feeds)) },
+      { run: (role, session, feeds) => (roles.push(role), session.run(feeds as Feeds)) },
     );
     expect(Object.keys(te.seen[0])).toEqual(['ids']);
     expect(Object.keys(u.seen[0]).sort()).toEqual(['context', 't', 'x']);

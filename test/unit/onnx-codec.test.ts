@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { decodeModel, encodeModel, externalRef, inlineBytes, setExternal } from '../../tools/onnx/model.ts';
 import { findTargets } from '../../tools/build/targets.ts';
-import { sampleModel } from '../../tools/sample/sample.ts';
+import { sampleModel } from '../../tools/sample/graph-sample.ts';
 import { fixtureModel } from '../fixtures/models.ts';
 
 describe('ONNX codec', () => {

@@ -1,6 +1,8 @@
 /**
- * `fuseload sample`: a procedural model that runs in onnxruntime, LoRAs that visibly change
- * its image, and a build of it that is byte-identical twice.
+ * `fuseload sample`: the trained text-to-image pipeline (tools/sample/pipeline) copied whole
+ * with its LoRAs, ready for `fuseload build --base <dir>`; and the procedural graph sample
+ * (tools/sample/graph-sample.ts) the graph path's tests and benches use: a model that runs in
+ * onnxruntime, LoRAs that visibly change its image, and a build of it that is byte-identical twice.
  */
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -12,12 +14,17 @@ import { decodeManifest, schema1 } from '../../common/manifest.ts';
 import { matchLora, parsePeftConfig, readLora } from '../../common/lora/index.ts';
 import { imageToRgba, sampleFeeds } from '../../common/sample-input.ts';
 import { build } from '../../tools/build/build.ts';
-import { writeSample } from '../../tools/sample/sample.ts';
+import { writeGraphSample } from '../../tools/sample/graph-sample.ts';
+import { examplePrompts, SAMPLE_PIPELINE_DIR, writeSample } from '../../tools/sample/sample.ts';
+import { runCli } from '../support/cli.ts';
+
+/** The pipeline `fuseload sample` copies; FUSELOAD_SAMPLE_FROM points it elsewhere, as for `npm start`. */
+const FROM = process.env.FUSELOAD_SAMPLE_FROM || SAMPLE_PIPELINE_DIR;
 
 let dir: string;
 beforeAll(async () => {
   dir = await mkdtemp(join(tmpdir(), 'fuseload-sample-'));
-  await writeSample(join(dir, 'sample'));
+  await writeGraphSample(join(dir, 'sample'));
 });
 afterAll(async () => {
   await rm(dir, { recursive: true, force: true });
@@ -43,9 +50,9 @@ async function builtGraph(out: string, manifestPath: string): Promise<string> {
   return join(out, 'blobs', 'sha256', digestHex(m.graph.digest));
 }
 
-describe('sample model', () => {
+describe('the graph sample (tests and benches)', () => {
   it('writes the model and three LoRAs, deterministically', async () => {
-    await writeSample(join(dir, 'again'));
+    await writeGraphSample(join(dir, 'again'));
     for (const f of ['model.onnx', 'warm.safetensors', 'cool.safetensors', 'cool.adapter_config.json', 'detail.safetensors']) {
       expect(await readFile(join(dir, 'again', f))).toEqual(await readFile(join(dir, 'sample', f)));
     }
@@ -104,5 +111,51 @@ describe('sample model', () => {
     expect(sampleFeeds({ seed: 7, width: 8, height: 4 }).latent.data).toEqual(a.data);
     expect(sampleFeeds({ seed: 8, width: 8, height: 4 }).latent.data).not.toEqual(a.data);
     expect(() => sampleFeeds({ seed: 1, width: 10, height: 8 })).toThrow(/multiples of 4/);
+  });
+});
+
+describe('the sample pipeline (`fuseload sample`, `npm start`)', () => {
+  it('copies the diffusers ONNX directory and its three LoRAs byte for byte', async () => {
+    const out = join(dir, 'pipeline');
+    const s = await writeSample(out, { from: FROM });
+    for (const f of ['model_index.json', 'text_encoder/model.onnx', 'unet/model.onnx', 'vae_decoder/model.onnx', 'scheduler/scheduler_config.json', 'sample_palette.json']) {
+      expect(s.files).toContain(f);
+    }
+    // Buffer.equals: a deep equality over megabytes of weights would take half a minute.
+    for (const f of s.files) expect((await readFile(join(out, f))).equals(await readFile(join(FROM, f))), f).toBe(true);
+    expect(s.loras.map((l) => [l.name, l.format])).toEqual([['outline', 'kohya'], ['pastel', 'peft'], ['stripes', 'diffusers']]);
+    expect(s.files).toContain('loras/pastel.adapter_config.json');
+    expect(examplePrompts(s.palette)[0]).toBe('a red circle on a blue background');
+  });
+
+  it('builds as a text-to-image pipeline, and every LoRA lands with no key left over', async () => {
+    const src = join(dir, 'pipeline-build');
+    const s = await writeSample(src, { from: FROM });
+    const base = await build({ base: src, name: 'sample', out: join(dir, 'pipeline-out'), store: null });
+    expect(base).toMatchObject({ schema: 'fuseload.pipeline/2', kind: 'text-to-image' });
+    expect(Object.keys(base.components)).toEqual(expect.arrayContaining(['text_encoder', 'unet', 'vae_decoder']));
+    expect(base.assets).toEqual(expect.arrayContaining(['model_index.json', 'scheduler/scheduler_config.json']));
+    for (const l of s.loras) {
+      const merged = await build({ base: src, loras: [{ path: join(src, l.file), scale: 1 }], name: 'sample', out: join(dir, 'pipeline-out'), store: null, strict: true });
+      expect(merged.loras[0], l.name).toMatchObject({ format: l.format, unmatched: 0 });
+      expect(merged.loras[0].matched, l.name).toBeGreaterThan(0);
+      expect(merged.fingerprint).not.toBe(base.fingerprint);
+    }
+  });
+
+  it('refuses a directory without the pipeline, and one inside the pipeline, in one line each', async () => {
+    await expect(writeSample(join(dir, 'x'), { from: join(dir, 'nothing-here') })).rejects.toThrow(/nothing-here: the trained sample pipeline is not there \(no model_index\.json\)/);
+    await expect(writeSample(join(FROM, 'copy'), { from: FROM })).rejects.toThrow(/is inside the sample pipeline itself/);
+  });
+
+  it('`fuseload sample <dir>` writes the committed pipeline and says what it is and what to run next', async () => {
+    const out = join(dir, 'cli');
+    const r = await runCli(['sample', out]);
+    expect(r.stderr).toBe('');
+    expect(r.code).toBe(0);
+    expect(r.stdout).toContain(`${out}: wrote the sample pipeline (`);
+    expect(r.stdout).toMatch(/loras\/outline\.safetensors \(kohya\)/);
+    expect(r.stdout).toContain(`Next: fuseload build --base ${out} --name sample`);
+    expect((await readFile(join(out, 'unet', 'model.onnx_data'))).equals(await readFile(join(SAMPLE_PIPELINE_DIR, 'unet', 'model.onnx_data')))).toBe(true);
   });
 });

@@ -93,13 +93,15 @@ export class OrtNodeEngine implements FileEngine {
   }
 
   async create(graph: Uint8Array, externalData: ExternalDataFile[], provider: Provider): Promise<EngineSession> {
+    // A graph edited for LoRA switching over the store's shards: mapped as a stored graph's are
+    // (a file evicted or replaced since: the verified bytes, below).
+    const folder = await this.#storedShards(graph, externalData);
+    const edited = folder ? await this.#createEdited(graph, folder, provider).catch(() => null) : null;
+    if (edited) return edited;
     const options = this.#sessionOptions(provider);
     let session: ort.InferenceSession;
     try {
       const graphPath = await this.#storedGraph(graph, externalData);
-      const folder = graphPath ? null : await this.#storedShards(externalData);
-      // An edited graph over the store's shards; a file evicted or replaced since: the bytes below.
-      if (folder) return await this.#createEdited(graph, folder, provider).catch(() => null) ?? this.#createInMemory(graph, externalData, provider);
       this.lastSource = graphPath ? 'files' : 'memory';
       try {
         session = graphPath
@@ -129,16 +131,6 @@ export class OrtNodeEngine implements FileEngine {
     return null;
   }
 
-  async #createInMemory(graph: Uint8Array, externalData: ExternalDataFile[], provider: Provider): Promise<EngineSession> {
-    try {
-      const session = await ort.InferenceSession.create(graph, { ...this.#sessionOptions(provider), externalData: externalData.map((f) => ({ path: f.path, data: f.data })) });
-      this.lastSource = 'memory';
-      return new OrtNodeSession(session);
-    } catch (e) {
-      throw this.#createError(provider, e);
-    }
-  }
-
   /** A session from graph bytes whose shards are the files in `folder` (the graph's `location`s), mapped by ORT. */
   async #createEdited(graph: Uint8Array, folder: string, provider: Provider): Promise<EngineSession> {
     const options = this.#sessionOptions(provider);
@@ -152,10 +144,13 @@ export class OrtNodeEngine implements FileEngine {
     return new OrtNodeSession(session);
   }
 
-  /** The folder that holds every shard as the store's file named by its `location`, if the store vouches for all of them. */
-  async #storedShards(externalData: ExternalDataFile[]): Promise<string | null> {
+  /**
+   * The folder that holds every shard as the store's file named by its `location`, when the store
+   * vouches for all of them but not for the graph (a stored graph takes the path of `#storedGraph`).
+   */
+  async #storedShards(graph: Uint8Array, externalData: ExternalDataFile[]): Promise<string | null> {
     const fileOf = this.options.fileOf;
-    if (!fileOf || externalData.length === 0) return null;
+    if (!fileOf || externalData.length === 0 || (await fileOf(graph))) return null;
     let folder: string | null = null;
     for (const f of externalData) {
       const file = await fileOf(f.data);

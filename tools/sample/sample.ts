@@ -1,150 +1,175 @@
 /**
- * The sample model: a PROCEDURAL image generator, not a trained one. Its weights come from a
- * seeded PRNG; it maps a latent of coordinate and noise channels to an RGB image through the
- * layer kinds a diffusion UNet has (3×3 and 1×1 convs, self-attention, a feed-forward), named
- * as a diffusers export names them, so LoRAs in every key format have something to land on.
+ * The sample `fuseload sample` and `npm start` use: a small, real Stable Diffusion pipeline
+ * trained on synthetic shapes ("a red circle on a blue background", "a small yellow triangle at
+ * the top left on a purple background"; 64×64 images), committed in the diffusers ONNX layout
+ * under tools/sample/pipeline (trained and exported by tools/sample/train), with three LoRAs,
+ * one per key layout:
  *
- *   latent [1,8,H,W] → conv_in (3×3) → tanh → proj_in (1×1) → avg-pool 4 → tokens
- *   → attn1 (to_q/to_k/to_v/to_out.0, MatMul) → ff (net.0.proj Gemm, net.2 MatMul via Transpose)
- *   → un-pool (linear resize ×4) → proj_out (1×1) → + skip → conv_out (3×3) → sigmoid → image [1,3,H,W]
+ *   model_index.json  text_encoder/ unet/ vae_decoder/ vae_encoder/   model.onnx + model.onnx_data
+ *   tokenizer/  scheduler/scheduler_config.json  sample_palette.json
+ *   loras/outline.safetensors (kohya)  loras/pastel.safetensors + pastel.adapter_config.json (PEFT)
+ *   loras/stripes.safetensors (diffusers)
+ *
+ * `sample_palette.json` says what the model knows (colours, shapes, sizes, positions, the
+ * combinations held out of training) and lists the LoRAs. Writing the sample copies the files.
  */
-import { mkdir, writeFile } from 'node:fs/promises';
-import { join } from 'node:path';
-import { encodeSafetensors, type SafetensorsInput } from '../../common/safetensors.ts';
-import { mulberry32, SAMPLE_LATENT_CHANNELS } from '../../common/sample-input.ts';
-import { GraphBuilder } from '../onnx/builder.ts';
-import { encodeModel, type ModelProto } from '../onnx/model.ts';
+import { copyFile, mkdir, readdir, readFile, stat } from 'node:fs/promises';
+import { dirname, join, relative, resolve, sep } from 'node:path';
+import { badInput } from '../../common/errors.ts';
 
-export const SAMPLE_CHANNELS = 32;
-const ATTN = '/down_blocks.0/attentions.0/transformer_blocks.0';
-const MOD = 'down_blocks.0.attentions.0';
+/** The committed pipeline. */
+export const SAMPLE_PIPELINE_DIR = resolve(import.meta.dirname, 'pipeline');
+export const SAMPLE_PALETTE_FILE = 'sample_palette.json';
 
-/** Deterministic weights: uniform in ±gain·√3/√fanIn, from a PRNG seeded by the name. */
-function randomWeights(name: string, count: number, fanIn: number, gain = 1): Float32Array {
-  let seed = 2166136261;
-  for (let i = 0; i < name.length; i++) seed = Math.imul(seed ^ name.charCodeAt(i), 16777619);
-  const rand = mulberry32(seed);
-  const bound = (gain * Math.sqrt(3)) / Math.sqrt(fanIn);
-  const out = new Float32Array(count);
-  for (let i = 0; i < count; i++) out[i] = (2 * rand() - 1) * bound;
+export interface SamplePalette {
+  /** Side of the square training images, in pixels. */
+  image_size: number;
+  /** Colour name → the RGB it was drawn in. */
+  colors: Record<string, [number, number, number]>;
+  shapes: string[];
+  /** Size word (`default` for none) → half extent in pixels. */
+  sizes: Record<string, number>;
+  /** Position words (`center` for none) → the shape's centre (x, y) in pixels. */
+  positions: Record<string, [number, number]>;
+  caption_grammar: string;
+  /** (shape, colour, background) combinations never shown in training. */
+  held_out: { shape: string; color: string; background: string }[];
+  /** LoRA name → what it does to the picture. */
+  styles: Record<string, string>;
+  /** LoRA name → its file (relative to the pipeline), key layout, rank and alpha. */
+  loras: Record<string, { file: string; format: string; rank?: number; alpha?: number }>;
+}
+
+export interface SampleLora {
+  name: string;
+  /** Path relative to the sample directory (`loras/outline.safetensors`). */
+  file: string;
+  /** Key layout: kohya, peft or diffusers. */
+  format: string;
+  /** What it does, from the palette's `styles`. */
+  style?: string;
+}
+
+export interface WrittenSample {
+  dir: string;
+  palette: SamplePalette;
+  loras: SampleLora[];
+  /** Every file written, relative to `dir`, sorted. */
+  files: string[];
+}
+
+/**
+ * Copies the sample pipeline (`from`, default the committed one) into `dir`: the diffusers ONNX
+ * directory `fuseload build --base <dir>` reads, and its LoRAs under `loras/`.
+ */
+export async function writeSample(dir: string, options: { from?: string } = {}): Promise<WrittenSample> {
+  const from = resolve(options.from ?? SAMPLE_PIPELINE_DIR);
+  const to = resolve(dir);
+  const shown = relative(process.cwd(), from) || from;
+  if (!(await isFile(join(from, 'model_index.json')))) {
+    throw badInput(shown, 'the trained sample pipeline is not there (no model_index.json); it is committed under tools/sample/pipeline, made by tools/sample/train');
+  }
+  if (to === from || to.startsWith(from + sep)) throw badInput(dir, `is inside the sample pipeline itself (${shown}); write the sample somewhere else`);
+  const palette = await readSamplePalette(from);
+  const files = (await listFiles(from)).sort();
+  const loras = sampleLoras(palette);
+  for (const l of loras) {
+    if (!files.includes(l.file)) throw badInput(join(shown, SAMPLE_PALETTE_FILE), `names LoRA "${l.name}" at ${l.file}, which is not there`);
+  }
+  // A copy without its weights (a package that left them out) should fail here, not in the build.
+  for (const role of await componentsOf(from)) {
+    if (!files.includes(`${role}/model.onnx`)) throw badInput(shown, `is incomplete: model_index.json names ${role}, but ${role}/model.onnx is not there`);
+  }
+  for (const file of files) {
+    await mkdir(dirname(join(to, file)), { recursive: true });
+    await copyFile(join(from, file), join(to, file));
+  }
+  return { dir: to, palette, loras, files };
+}
+
+/** Reads and checks `sample_palette.json` in a sample directory. */
+export async function readSamplePalette(dir: string): Promise<SamplePalette> {
+  const file = join(dir, SAMPLE_PALETTE_FILE);
+  let json: unknown;
+  try {
+    json = JSON.parse(await readFile(file, 'utf8'));
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    throw badInput(file, code === 'ENOENT' ? 'is missing (every sample pipeline carries one)' : `is not valid JSON (${(e as Error).message})`);
+  }
+  const p = json as Partial<SamplePalette>;
+  const fail = (what: string) => badInput(file, what);
+  if (!p || typeof p !== 'object') throw fail('is not a JSON object');
+  if (!Number.isInteger(p.image_size) || p.image_size! < 8) throw fail('image_size must be an integer ≥ 8');
+  if (!p.colors || typeof p.colors !== 'object' || Object.values(p.colors).some((c) => !Array.isArray(c) || c.length !== 3 || c.some((v) => typeof v !== 'number'))) {
+    throw fail('colors must map each colour name to [r, g, b]');
+  }
+  if (!Array.isArray(p.shapes) || p.shapes.length === 0) throw fail('shapes must be a list of shape names');
+  if (!p.loras || typeof p.loras !== 'object') throw fail('loras must map each LoRA name to {file, format}');
+  for (const [name, l] of Object.entries(p.loras)) {
+    if (!l || typeof l.file !== 'string' || typeof l.format !== 'string') throw fail(`loras.${name} must have a file and a format`);
+  }
+  return { sizes: {}, positions: {}, caption_grammar: '', held_out: [], styles: {}, ...p } as SamplePalette;
+}
+
+/** The palette's LoRAs, in its order. */
+export function sampleLoras(palette: SamplePalette): SampleLora[] {
+  return Object.entries(palette.loras).map(([name, l]) => ({
+    name,
+    file: l.file,
+    format: l.format,
+    ...(palette.styles[name] ? { style: palette.styles[name] } : {}),
+  }));
+}
+
+/** A caption in the training grammar: `a [size] <colour> <shape> [position] on a <background> background`. */
+export function sampleCaption(c: { shape: string; color: string; background: string; size?: string; position?: string }): string {
+  return ['a', c.size, c.color, c.shape, c.position, 'on a', c.background, 'background'].filter(Boolean).join(' ');
+}
+
+/** A few prompts to try: two the model was trained on, and one held-out combination. */
+export function examplePrompts(palette: SamplePalette): string[] {
+  const colors = Object.keys(palette.colors);
+  const pick = (want: string, i: number) => (colors.includes(want) ? want : colors[i % colors.length]);
+  const shape = (want: string, i: number) => (palette.shapes.includes(want) ? want : palette.shapes[i % palette.shapes.length]);
+  const known = (want: string, table: Record<string, unknown>) => (want in table ? want : undefined);
+  const prompts = [
+    sampleCaption({ color: pick('red', 0), shape: shape('circle', 0), background: pick('blue', 2) }),
+    sampleCaption({ size: known('small', palette.sizes), color: pick('yellow', 3), shape: shape('triangle', 2), position: known('at the top left', palette.positions), background: pick('red', 0) }),
+    sampleCaption({ size: known('large', palette.sizes), color: pick('white', 6), shape: shape('square', 1), background: pick('black', 7) }),
+  ];
+  const held = palette.held_out[0];
+  if (held) prompts.push(sampleCaption(held));
+  return [...new Set(prompts)];
+}
+
+/** The component folders model_index.json names (each holds a model.onnx in the diffusers ONNX layout). */
+async function componentsOf(dir: string): Promise<string[]> {
+  let index: Record<string, unknown>;
+  try {
+    index = JSON.parse(await readFile(join(dir, 'model_index.json'), 'utf8'));
+  } catch (e) {
+    throw badInput(join(dir, 'model_index.json'), `is not valid JSON (${(e as Error).message})`);
+  }
+  return Object.entries(index)
+    .filter(([key, v]) => /^(text_encoder(_\d)?|unet|transformer|vae_decoder|vae_encoder)$/.test(key) && Array.isArray(v) && v.some((x) => x !== null))
+    .map(([key]) => key);
+}
+
+async function listFiles(dir: string, base = dir): Promise<string[]> {
+  const out: string[] = [];
+  for (const entry of await readdir(dir, { withFileTypes: true })) {
+    const path = join(dir, entry.name);
+    if (entry.isDirectory()) out.push(...(await listFiles(path, base)));
+    else if (entry.isFile()) out.push(relative(base, path).split(sep).join('/'));
+  }
   return out;
 }
 
-export function sampleModel(): ModelProto {
-  const C = SAMPLE_CHANNELS;
-  const F = 4 * C;
-  const g = new GraphBuilder();
-  const w = (name: string, dims: number[], fanIn: number, gain = 1) => g.weight(name, dims, randomWeights(name, dims.reduce((a, b) => a * b, 1), fanIn, gain));
-  const latent = g.input('latent', { dtype: 'float32', dims: [1, SAMPLE_LATENT_CHANNELS, 'height', 'width'] });
-
-  const h0 = g.op('Conv', [latent, w('conv_in.weight', [C, SAMPLE_LATENT_CHANNELS, 3, 3], 72, 2), w('conv_in.bias', [C], 72)], { pads: [1, 1, 1, 1], kernel_shape: [3, 3] }, '/conv_in/Conv');
-  const h1 = g.op('Tanh', [h0], {}, '/conv_act/Tanh');
-  const p0 = g.op('Conv', [h1, w(`${MOD}.proj_in.weight`, [C, C, 1, 1], C), w(`${MOD}.proj_in.bias`, [C], C)], { kernel_shape: [1, 1] }, '/down_blocks.0/attentions.0/proj_in/Conv');
-  const p1 = g.op('AveragePool', [p0], { kernel_shape: [4, 4], strides: [4, 4] }, `/down_blocks.0/attentions.0/AveragePool`);
-  const poolShape = g.op('Shape', [p1], {}, '/down_blocks.0/attentions.0/Shape');
-  const t0 = g.op('Reshape', [p1, g.int64('tokens_shape', [1, C, -1])], {}, '/down_blocks.0/attentions.0/Reshape');
-  const x = g.op('Transpose', [t0], { perm: [0, 2, 1] }, '/down_blocks.0/attentions.0/Transpose');
-
-  // Exporter-style weight names (onnx::MatMul_*): only the node path says which module they are.
-  const q = g.op('MatMul', [x, w('onnx::MatMul_201', [C, C], C)], {}, `${ATTN}/attn1/to_q/MatMul`);
-  const k = g.op('MatMul', [x, w('onnx::MatMul_202', [C, C], C)], {}, `${ATTN}/attn1/to_k/MatMul`);
-  const v = g.op('MatMul', [x, w('onnx::MatMul_203', [C, C], C)], {}, `${ATTN}/attn1/to_v/MatMul`);
-  const kT = g.op('Transpose', [k], { perm: [0, 2, 1] }, `${ATTN}/attn1/Transpose`);
-  const scores = g.op('MatMul', [q, kT], {}, `${ATTN}/attn1/MatMul`);
-  const scaled = g.op('Mul', [scores, g.weight('attn_scale', [], Float32Array.of(1 / Math.sqrt(C)))], {}, `${ATTN}/attn1/Mul`);
-  const probs = g.op('Softmax', [scaled], { axis: -1 }, `${ATTN}/attn1/Softmax`);
-  const av = g.op('MatMul', [probs, v], {}, `${ATTN}/attn1/MatMul_1`);
-  const o = g.op('MatMul', [av, w('onnx::MatMul_204', [C, C], C)], {}, `${ATTN}/attn1/to_out.0/MatMul`);
-  const o2 = g.op('Add', [o, w(`${MOD}.transformer_blocks.0.attn1.to_out.0.bias`, [C], C)], {}, `${ATTN}/attn1/to_out.0/Add`);
-  const x1 = g.op('Add', [x, o2], {}, `${ATTN}/Add`);
-
-  const x2d = g.op('Reshape', [x1, g.int64('rows_shape', [-1, C])], {}, `${ATTN}/ff/Reshape`);
-  const f0 = g.op('Gemm', [x2d, w(`${MOD}.transformer_blocks.0.ff.net.0.proj.weight`, [F, C], C), w(`${MOD}.transformer_blocks.0.ff.net.0.proj.bias`, [F], C)], { transB: 1 }, `${ATTN}/ff/net.0/proj/Gemm`);
-  const f1 = g.op('Tanh', [f0], {}, `${ATTN}/ff/net.1/Tanh`);
-  // Stored [out, in] as torch keeps it and transposed in the graph, as exporters often do.
-  const w2 = g.op('Transpose', [w('onnx::Transpose_205', [C, F], F)], { perm: [1, 0] }, `${ATTN}/ff/net.2/Transpose`);
-  const f2 = g.op('MatMul', [f1, w2], {}, `${ATTN}/ff/net.2/MatMul`);
-  const x3 = g.op('Add', [x1, f2], {}, `${ATTN}/ff/Add`);
-
-  const t1 = g.op('Transpose', [x3], { perm: [0, 2, 1] }, '/down_blocks.0/attentions.0/Transpose_1');
-  const t2 = g.op('Reshape', [t1, poolShape], {}, '/down_blocks.0/attentions.0/Reshape_1');
-  const up = g.op('Resize', [t2, '', g.weight('upsample_scales', [4], Float32Array.of(1, 1, 4, 4))], { mode: 'linear' }, '/down_blocks.0/attentions.0/Resize');
-  const r = g.op('Conv', [up, w(`${MOD}.proj_out.weight`, [C, C, 1, 1], C), w(`${MOD}.proj_out.bias`, [C], C)], { kernel_shape: [1, 1] }, '/down_blocks.0/attentions.0/proj_out/Conv');
-  const h2 = g.op('Add', [h1, r], {}, '/down_blocks.0/Add');
-  const h3 = g.op('Tanh', [h2], {}, '/down_blocks.0/Tanh');
-  const y = g.op('Conv', [h3, w('conv_out.weight', [3, C, 3, 3], 9 * C, 3), w('conv_out.bias', [3], 9 * C)], { pads: [1, 1, 1, 1], kernel_shape: [3, 3] }, '/conv_out/Conv');
-  const image = g.op('Sigmoid', [y], {}, '/Sigmoid');
-  g.rename(image, 'image');
-  g.output('image', { dtype: 'float32', dims: [1, 3, 'height', 'width'] });
-  return g.model(17, 'fuseload sample (procedural)');
-}
-
-function lora(name: string, shape: number[], fanIn: number, gain: number): SafetensorsInput {
-  return { dtype: 'F32', shape, data: randomWeights(name, shape.reduce((a, b) => a * b, 1), fanIn, gain) };
-}
-
-const RANK = 4;
-
-/** kohya keys, incl. LoCon on conv_out (3×3) and proj_in (1×1), with alpha tensors. */
-export function warmLora(): Uint8Array {
-  const C = SAMPLE_CHANNELS;
-  const t: Record<string, SafetensorsInput> = {};
-  const add = (module: string, down: number[], up: number[], gain: number) => {
-    t[`${module}.lora_down.weight`] = lora(`warm.${module}.down`, down, down.slice(1).reduce((a, b) => a * b, 1), 1);
-    t[`${module}.lora_up.weight`] = lora(`warm.${module}.up`, up, RANK, gain);
-    t[`${module}.alpha`] = { dtype: 'F32', shape: [], data: Float32Array.of(RANK / 2) };
-  };
-  add('lora_unet_conv_out', [RANK, C, 3, 3], [3, RANK, 1, 1], 3);
-  add('lora_unet_down_blocks_0_attentions_0_proj_in', [RANK, C, 1, 1], [C, RANK, 1, 1], 1.5);
-  add('lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_out_0', [RANK, C], [C, RANK], 1.5);
-  return encodeSafetensors(t, { format: 'kohya', note: 'procedural sample LoRA' });
-}
-
-/** PEFT keys; alpha and r come from the adapter_config.json written beside it. */
-export function coolLora(): { weights: Uint8Array; config: Record<string, unknown> } {
-  const C = SAMPLE_CHANNELS;
-  const t: Record<string, SafetensorsInput> = {};
-  const add = (module: string, inDim: number, outDim: number, gain: number) => {
-    t[`base_model.model.${module}.lora_A.weight`] = lora(`cool.${module}.A`, [RANK, inDim], inDim, 1);
-    t[`base_model.model.${module}.lora_B.weight`] = lora(`cool.${module}.B`, [outDim, RANK], RANK, gain);
-  };
-  add(`${MOD}.transformer_blocks.0.attn1.to_q`, C, C, 3);
-  add(`${MOD}.transformer_blocks.0.attn1.to_v`, C, C, 3);
-  add(`${MOD}.transformer_blocks.0.ff.net.0.proj`, C, 4 * C, 2);
-  add(`${MOD}.proj_out`, C, C, 2);
-  return {
-    weights: encodeSafetensors(t, { format: 'peft', note: 'procedural sample LoRA' }),
-    config: { peft_type: 'LORA', r: RANK, lora_alpha: 2 * RANK, target_modules: ['to_q', 'to_v', 'proj', 'proj_out'] },
-  };
-}
-
-/** diffusers keys (`unet.….lora.down.weight`). */
-export function detailLora(): Uint8Array {
-  const C = SAMPLE_CHANNELS;
-  const t: Record<string, SafetensorsInput> = {};
-  const add = (module: string, down: number[], up: number[], gain: number) => {
-    t[`unet.${module}.lora.down.weight`] = lora(`detail.${module}.down`, down, down.slice(1).reduce((a, b) => a * b, 1), 1);
-    t[`unet.${module}.lora.up.weight`] = lora(`detail.${module}.up`, up, RANK, gain);
-  };
-  add(`${MOD}.transformer_blocks.0.ff.net.2`, [RANK, 4 * C], [C, RANK], 2);
-  add(`${MOD}.transformer_blocks.0.attn1.to_k`, [RANK, C], [C, RANK], 3);
-  add('conv_in', [RANK, 8, 3, 3], [C, RANK, 1, 1], 2);
-  return encodeSafetensors(t, { format: 'diffusers', note: 'procedural sample LoRA' });
-}
-
-export const SAMPLE_FILES = ['model.onnx', 'warm.safetensors', 'cool.safetensors', 'cool.adapter_config.json', 'detail.safetensors'];
-
-/** Writes model.onnx and the three LoRAs (cool's PEFT config as cool.adapter_config.json). */
-export async function writeSample(dir: string): Promise<string[]> {
-  await mkdir(dir, { recursive: true });
-  const cool = coolLora();
-  const files: [string, Uint8Array | string][] = [
-    ['model.onnx', encodeModel(sampleModel())],
-    ['warm.safetensors', warmLora()],
-    ['cool.safetensors', cool.weights],
-    ['cool.adapter_config.json', `${JSON.stringify(cool.config, null, 2)}\n`],
-    ['detail.safetensors', detailLora()],
-  ];
-  for (const [name, bytes] of files) await writeFile(join(dir, name), bytes);
-  return files.map(([name]) => name);
+async function isFile(path: string): Promise<boolean> {
+  try {
+    return (await stat(path)).isFile();
+  } catch {
+    return false;
+  }
 }

@@ -1,8 +1,10 @@
 /**
  * What the demo page reads at start (`catalog.json` beside it): where the artifacts are
- * served, the model's tags and the LoRAs a user can overlay at load time. Written by
- * `npm start` (tools/dev/prepare.ts); no Node or DOM imports, so both sides share it.
+ * served, the model's tags, the LoRAs a user can overlay at load time, and what to offer in
+ * the generator (example prompts, sizes, defaults). Written by `npm start`
+ * (tools/dev/prepare.ts); no Node or DOM imports, so both sides share it.
  */
+import type { SchedulerName } from '../../common/generate/schedulers/types.ts';
 
 export interface DemoTag {
   tag: string;
@@ -23,6 +25,18 @@ export interface DemoLora {
   defaultScale: number;
   /** PEFT only: adapter_config.json's lora_alpha, which is not in the safetensors file. */
   alpha?: number;
+  /** What it does to the picture, in words. */
+  style?: string;
+}
+
+export interface DemoDefaults {
+  prompt: string;
+  negativePrompt: string;
+  steps: number;
+  guidanceScale: number;
+  /** The pipeline's own scheduler (scheduler_config.json). */
+  scheduler: SchedulerName;
+  seed: number;
 }
 
 export interface DemoCatalog {
@@ -31,9 +45,16 @@ export interface DemoCatalog {
   model: string;
   tags: DemoTag[];
   loras: DemoLora[];
-  /** Image size the page generates (the sample wants multiples of 4). */
+  /** The image size the model was trained at (and the page's default). */
   width: number;
   height: number;
+  /** Square sides the page offers, in pixels; the first is the trained size. */
+  sizes: number[];
+  /** Example prompts, in the grammar the model was trained on. */
+  prompts: string[];
+  defaults: DemoDefaults;
+  /** The words the model knows, for the hint under the prompt box. */
+  vocabulary?: { colors: string[]; shapes: string[]; sizes: string[]; positions: string[]; grammar: string };
 }
 
 /** The page's path under the Vite root, and the catalog's path beside it. */

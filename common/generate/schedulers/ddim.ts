@@ -1,15 +1,13 @@
 /** DDIM (Song et al. 2020), diffusers' DDIMScheduler; η = 0 (deterministic) unless asked. */
 import { badInput } from '../../errors.ts';
 import type { SchedulerConfig } from './config.ts';
+import { applyLinearStep, type LinearStep } from './linear.ts';
 import {
-  clipSample,
   linspace,
   noiseSchedule,
-  requireLength,
   requirePrediction,
   roundHalfEven,
   spacedTimesteps,
-  thresholdSample,
   TIMESTEP_SPACINGS,
   type PredictionType,
 } from './schedule.ts';
@@ -50,16 +48,21 @@ export class DdimScheduler implements Scheduler {
     this.#eta = eta;
   }
 
+  readonly historyLength = 0;
+
   needsNoise(): boolean {
     return this.#eta > 0;
+  }
+
+  modelInputScale(): number {
+    return 1;
   }
 
   scaleModelInput(sample: Float32Array): Float32Array {
     return sample;
   }
 
-  step(modelOutput: Float32Array, stepIndex: number, sample: Float32Array, noise?: Float32Array): Float32Array {
-    requireLength('model output', modelOutput, sample.length);
+  linearStep(stepIndex: number): LinearStep {
     const t = this.timesteps[stepIndex];
     if (t === undefined) throw new RangeError(`ddim: step ${stepIndex} is outside 0…${this.timesteps.length - 1}`);
     const prev = t - this.#stride;
@@ -68,43 +71,32 @@ export class DdimScheduler implements Scheduler {
     const betaT = 1 - alphaT;
     const sqrtA = Math.sqrt(alphaT);
     const sqrtB = Math.sqrt(betaT);
-
-    const x0 = new Float32Array(sample.length);
-    const eps = new Float32Array(sample.length);
-    for (let i = 0; i < sample.length; i++) {
-      const m = modelOutput[i];
-      const x = sample[i];
-      switch (this.#prediction) {
-        case 'epsilon':
-          x0[i] = (x - sqrtB * m) / sqrtA;
-          eps[i] = m;
-          break;
-        case 'sample':
-          x0[i] = m;
-          eps[i] = (x - sqrtA * m) / sqrtB;
-          break;
-        case 'v_prediction':
-          x0[i] = sqrtA * x - sqrtB * m;
-          eps[i] = sqrtA * m + sqrtB * x;
-          break;
-      }
-    }
-    if (this.#threshold) thresholdSample(x0, this.#threshold.ratio, this.#threshold.max);
-    else if (this.#clip) clipSample(x0, this.#clip.range);
-
+    // x₀ = p·x + q·m and ε = r·x + s·m for each parameterisation (ε from the unclipped x₀, as diffusers does).
+    const [p, q, r, s] =
+      this.#prediction === 'epsilon'
+        ? [1 / sqrtA, -sqrtB / sqrtA, 0, 1]
+        : this.#prediction === 'sample'
+          ? [0, 1, 1 / sqrtB, -sqrtA / sqrtB]
+          : [sqrtA, -sqrtB, sqrtB, sqrtA];
     // σ_t(η) of DDIM eq. 16.
     const variance = ((1 - alphaPrev) / betaT) * (1 - alphaT / alphaPrev);
     const std = this.#eta * Math.sqrt(variance);
-    if (std > 0) {
-      if (!noise) throw new RangeError(`ddim: step ${stepIndex} needs noise (eta > 0)`);
-      requireLength('noise', noise, sample.length);
-    }
     const direction = Math.sqrt(1 - alphaPrev - std * std);
-    const sqrtPrev = Math.sqrt(alphaPrev);
-    const out = new Float32Array(sample.length);
-    for (let i = 0; i < sample.length; i++) {
-      out[i] = sqrtPrev * x0[i] + direction * eps[i] + (std > 0 ? std * noise![i] : 0);
-    }
-    return out;
+    return {
+      denoise: { sample: p, model: q },
+      ...(this.#threshold ? { threshold: this.#threshold } : this.#clip ? { clip: this.#clip.range } : {}),
+      // x' = √ᾱ_prev·x₀ + direction·ε + std·noise
+      sample: direction * r,
+      denoised: Math.sqrt(alphaPrev),
+      model: direction * s,
+      history: [],
+      noise: std,
+    };
+  }
+
+  step(modelOutput: Float32Array, stepIndex: number, sample: Float32Array, noise?: Float32Array): Float32Array {
+    const c = this.linearStep(stepIndex);
+    if (c.noise > 0 && !noise) throw new RangeError(`ddim: step ${stepIndex} needs noise (eta > 0)`);
+    return applyLinearStep(c, sample, modelOutput, [], noise).next;
   }
 }

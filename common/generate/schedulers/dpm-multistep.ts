@@ -7,17 +7,16 @@
  */
 import { FuseloadError } from '../../errors.ts';
 import type { SchedulerConfig } from './config.ts';
+import { applyLinearStep, type LinearStep } from './linear.ts';
 import {
   arange,
   interpIndex,
   karrasSigmas,
   linspace,
   noiseSchedule,
-  requireLength,
   requirePrediction,
   roundHalfEven,
   sigmaToT,
-  thresholdSample,
   TIMESTEP_SPACINGS,
   trainingSigmas,
   type PredictionType,
@@ -41,9 +40,8 @@ export class DpmMultistepScheduler implements Scheduler {
   readonly #eulerAtFinal: boolean;
   readonly #finalZero: boolean;
   readonly #threshold: { ratio: number; max: number } | null;
-  /** x₀ predictions of the last `order` steps, newest last. */
+  /** x₀ predictions of the last `order − 1` steps, newest first. */
   readonly #history: Float32Array[] = [];
-  #lowerOrderNums = 0;
   #next = 0;
 
   constructor(config: SchedulerConfig, steps: number) {
@@ -109,8 +107,17 @@ export class DpmMultistepScheduler implements Scheduler {
     this.timesteps = timesteps;
   }
 
+  /** Order 2 reads the last step's x₀, order 3 the last two. */
+  get historyLength(): number {
+    return this.#order - 1;
+  }
+
   needsNoise(): boolean {
     return this.#algorithm === 'sde-dpmsolver++';
+  }
+
+  modelInputScale(): number {
+    return 1;
   }
 
   scaleModelInput(sample: Float32Array): Float32Array {
@@ -118,40 +125,65 @@ export class DpmMultistepScheduler implements Scheduler {
   }
 
   step(modelOutput: Float32Array, stepIndex: number, sample: Float32Array, noise?: Float32Array): Float32Array {
-    requireLength('model output', modelOutput, sample.length);
     if (stepIndex !== this.#next) throw new RangeError(`dpm++2m: step ${stepIndex} taken out of order (expected ${this.#next})`);
-    const n = this.timesteps.length;
-    const sde = this.#algorithm === 'sde-dpmsolver++';
-    if (sde) {
-      if (!noise) throw new RangeError(`dpm++2m: step ${stepIndex} needs noise (sde-dpmsolver++)`);
-      requireLength('noise', noise, sample.length);
-    }
-    const lowerOrderFinal =
-      stepIndex === n - 1 && (this.#eulerAtFinal || (this.#lowerOrderFinal && n < 15) || this.#finalZero);
-    const lowerOrderSecond = stepIndex === n - 2 && this.#lowerOrderFinal && n < 15;
-
-    this.#history.push(this.#dataPrediction(modelOutput, sample, this.sigmas[stepIndex]));
-    if (this.#history.length > this.#order) this.#history.shift();
-
-    let out: Float32Array;
-    if (this.#order === 1 || this.#lowerOrderNums < 1 || lowerOrderFinal) out = this.#firstOrder(stepIndex, sample, noise);
-    else if (this.#order === 2 || this.#lowerOrderNums < 2 || lowerOrderSecond) out = this.#secondOrder(stepIndex, sample, noise);
-    else out = this.#thirdOrder(stepIndex, sample, noise);
-
-    if (this.#lowerOrderNums < this.#order) this.#lowerOrderNums++;
+    const c = this.linearStep(stepIndex);
+    if (c.noise !== 0 && !noise) throw new RangeError(`dpm++2m: step ${stepIndex} needs noise (sde-dpmsolver++)`);
+    const { next, denoised } = applyLinearStep(c, sample, modelOutput, this.#history, noise);
+    this.#history.unshift(denoised);
+    this.#history.length = Math.min(this.#history.length, this.historyLength);
     this.#next++;
-    return out;
+    return next;
   }
 
-  #dataPrediction(modelOutput: Float32Array, sample: Float32Array, sigma: number): Float32Array {
-    const { alpha, sigma: s } = alphaSigma(sigma);
-    const x0 = new Float32Array(sample.length);
-    for (let i = 0; i < sample.length; i++) {
-      const m = modelOutput[i];
-      x0[i] = this.#prediction === 'epsilon' ? (sample[i] - s * m) / alpha : this.#prediction === 'sample' ? m : alpha * sample[i] - s * m;
+  /**
+   * Step i: the data prediction x₀ = (x − σ_t·m)/α_t (epsilon), m (sample) or α_t·x − σ_t·m (v),
+   * then the solver's update over the last one to three x₀, newest first m0, m1, m2.
+   */
+  linearStep(stepIndex: number): LinearStep {
+    const n = this.timesteps.length;
+    if (!Number.isInteger(stepIndex) || stepIndex < 0 || stepIndex >= n) throw new RangeError(`dpm++2m: step ${stepIndex} is outside 0…${n - 1}`);
+    const { alpha, sigma: s } = alphaSigma(this.sigmas[stepIndex]);
+    const denoise =
+      this.#prediction === 'epsilon' ? { sample: 1 / alpha, model: -s / alpha } : this.#prediction === 'sample' ? { sample: 0, model: 1 } : { sample: alpha, model: -s };
+    const threshold = this.#threshold ? { threshold: this.#threshold } : {};
+    const lowerOrderFinal = stepIndex === n - 1 && (this.#eulerAtFinal || (this.#lowerOrderFinal && n < 15) || this.#finalZero);
+    const lowerOrderSecond = stepIndex === n - 2 && this.#lowerOrderFinal && n < 15;
+    // Steps taken at lower order so far (diffusers' lower_order_nums), before this one.
+    const lowerOrderNums = Math.min(stepIndex, this.#order);
+    const sde = this.#algorithm === 'sde-dpmsolver++';
+    const { t, s0, lambdaS0, h } = this.#span(stepIndex);
+    // x' = a·x + b·m0 + c·D1 (+ d·D2) + e·noise, D1 and D2 the divided differences of x₀.
+    const a = sde ? (t.sigma / s0.sigma) * Math.exp(-h) : t.sigma / s0.sigma;
+    const b = sde ? t.alpha * (1 - Math.exp(-2 * h)) : -(t.alpha * (Math.exp(-h) - 1));
+    const e = sde ? t.sigma * Math.sqrt(1 - Math.exp(-2 * h)) : 0;
+    const step = (m0: number, history: number[]): LinearStep => ({ denoise, ...threshold, sample: a, denoised: m0, model: 0, history, noise: e });
+
+    if (this.#order === 1 || lowerOrderNums < 1 || lowerOrderFinal) return step(b, []);
+
+    const s1 = alphaSigma(this.sigmas[stepIndex - 1]);
+    const lambdaS1 = Math.log(s1.alpha) - Math.log(s1.sigma);
+    const r0 = (lambdaS0 - lambdaS1) / h;
+    if (this.#order === 2 || lowerOrderNums < 2 || lowerOrderSecond) {
+      const c = sde
+        ? this.#heun
+          ? t.alpha * ((1 - Math.exp(-2 * h)) / (-2 * h) + 1)
+          : 0.5 * (t.alpha * (1 - Math.exp(-2 * h)))
+        : this.#heun
+          ? t.alpha * ((Math.exp(-h) - 1) / h + 1)
+          : -0.5 * (t.alpha * (Math.exp(-h) - 1));
+      // D1 = (m0 − m1)/r0
+      return step(b + c / r0, [-c / r0]);
     }
-    if (this.#threshold) thresholdSample(x0, this.#threshold.ratio, this.#threshold.max);
-    return x0;
+
+    const s2 = alphaSigma(this.sigmas[stepIndex - 2]);
+    const lambdaS2 = Math.log(s2.alpha) - Math.log(s2.sigma);
+    const r1 = (lambdaS1 - lambdaS2) / h;
+    const c = sde ? t.alpha * ((1 - Math.exp(-2 * h)) / (-2 * h) + 1) : t.alpha * ((Math.exp(-h) - 1) / h + 1);
+    const d = sde ? t.alpha * ((1 - Math.exp(-2 * h) - 2 * h) / (2 * h) ** 2 - 0.5) : -(t.alpha * ((Math.exp(-h) - 1 + h) / (h * h) - 0.5));
+    // D10 = (m0 − m1)/r0, D11 = (m1 − m2)/r1, D1 = D10 + r0/(r0+r1)·(D10 − D11), D2 = (D10 − D11)/(r0+r1):
+    // c·D1 + d·D2 = c·D10 + k·(D10 − D11) with k = (c·r0 + d)/(r0 + r1).
+    const k = (c * r0 + d) / (r0 + r1);
+    return step(b + (c + k) / r0, [-(c + k) / r0 - k / r1, k / r1]);
   }
 
   /** The λ-step from step i to i+1, and the target's α and σ. */
@@ -161,82 +193,6 @@ export class DpmMultistepScheduler implements Scheduler {
     const lambdaT = Math.log(t.alpha) - Math.log(t.sigma);
     const lambdaS0 = Math.log(s0.alpha) - Math.log(s0.sigma);
     return { t, s0, lambdaS0, h: lambdaT - lambdaS0 };
-  }
-
-  #firstOrder(i: number, sample: Float32Array, noise?: Float32Array): Float32Array {
-    const { t, s0, h } = this.#span(i);
-    const d0 = this.#history[this.#history.length - 1];
-    const out = new Float32Array(sample.length);
-    if (this.#algorithm === 'dpmsolver++') {
-      const a = t.sigma / s0.sigma;
-      const b = -(t.alpha * (Math.exp(-h) - 1));
-      for (let k = 0; k < out.length; k++) out[k] = a * sample[k] + b * d0[k];
-    } else {
-      const a = (t.sigma / s0.sigma) * Math.exp(-h);
-      const b = t.alpha * (1 - Math.exp(-2 * h));
-      const c = t.sigma * Math.sqrt(1 - Math.exp(-2 * h));
-      for (let k = 0; k < out.length; k++) out[k] = a * sample[k] + b * d0[k] + c * noise![k];
-    }
-    return out;
-  }
-
-  #secondOrder(i: number, sample: Float32Array, noise?: Float32Array): Float32Array {
-    const { t, s0, lambdaS0, h } = this.#span(i);
-    const s1 = alphaSigma(this.sigmas[i - 1]);
-    const lambdaS1 = Math.log(s1.alpha) - Math.log(s1.sigma);
-    const r0 = (lambdaS0 - lambdaS1) / h;
-    const m0 = this.#history[this.#history.length - 1];
-    const m1 = this.#history[this.#history.length - 2];
-    const out = new Float32Array(sample.length);
-    let a: number, b: number, c: number, e = 0;
-    if (this.#algorithm === 'dpmsolver++') {
-      a = t.sigma / s0.sigma;
-      b = -(t.alpha * (Math.exp(-h) - 1));
-      c = this.#heun ? t.alpha * ((Math.exp(-h) - 1) / h + 1) : -0.5 * (t.alpha * (Math.exp(-h) - 1));
-    } else {
-      a = (t.sigma / s0.sigma) * Math.exp(-h);
-      b = t.alpha * (1 - Math.exp(-2 * h));
-      c = this.#heun ? t.alpha * ((1 - Math.exp(-2 * h)) / (-2 * h) + 1) : 0.5 * (t.alpha * (1 - Math.exp(-2 * h)));
-      e = t.sigma * Math.sqrt(1 - Math.exp(-2 * h));
-    }
-    for (let k = 0; k < out.length; k++) {
-      const d1 = (1 / r0) * (m0[k] - m1[k]);
-      out[k] = a * sample[k] + b * m0[k] + c * d1 + (e ? e * noise![k] : 0);
-    }
-    return out;
-  }
-
-  #thirdOrder(i: number, sample: Float32Array, noise?: Float32Array): Float32Array {
-    const { t, s0, lambdaS0, h } = this.#span(i);
-    const s1 = alphaSigma(this.sigmas[i - 1]);
-    const s2 = alphaSigma(this.sigmas[i - 2]);
-    const lambdaS1 = Math.log(s1.alpha) - Math.log(s1.sigma);
-    const lambdaS2 = Math.log(s2.alpha) - Math.log(s2.sigma);
-    const r0 = (lambdaS0 - lambdaS1) / h;
-    const r1 = (lambdaS1 - lambdaS2) / h;
-    const [m2, m1, m0] = this.#history.slice(-3);
-    let a: number, b: number, c: number, d: number, e = 0;
-    if (this.#algorithm === 'dpmsolver++') {
-      a = t.sigma / s0.sigma;
-      b = -(t.alpha * (Math.exp(-h) - 1));
-      c = t.alpha * ((Math.exp(-h) - 1) / h + 1);
-      d = -(t.alpha * ((Math.exp(-h) - 1 + h) / (h * h) - 0.5));
-    } else {
-      a = (t.sigma / s0.sigma) * Math.exp(-h);
-      b = t.alpha * (1 - Math.exp(-2 * h));
-      c = t.alpha * ((1 - Math.exp(-2 * h)) / (-2 * h) + 1);
-      d = t.alpha * ((1 - Math.exp(-2 * h) - 2 * h) / (2 * h) ** 2 - 0.5);
-      e = t.sigma * Math.sqrt(1 - Math.exp(-2 * h));
-    }
-    const out = new Float32Array(sample.length);
-    for (let k = 0; k < out.length; k++) {
-      const d10 = (1 / r0) * (m0[k] - m1[k]);
-      const d11 = (1 / r1) * (m1[k] - m2[k]);
-      const d1 = d10 + (r0 / (r0 + r1)) * (d10 - d11);
-      const d2 = (1 / (r0 + r1)) * (d10 - d11);
-      out[k] = a * sample[k] + b * m0[k] + c * d1 + d * d2 + (e ? e * noise![k] : 0);
-    }
-    return out;
   }
 }
 

@@ -4,12 +4,12 @@
  * σ_up-scaled noise.
  */
 import type { SchedulerConfig } from './config.ts';
+import { applyLinearStep, linearStep, type LinearStep } from './linear.ts';
 import {
   interpIndex,
   karrasSigmas,
   linspace,
   noiseSchedule,
-  requireLength,
   requirePrediction,
   sigmaToT,
   spacedTimesteps,
@@ -42,15 +42,27 @@ abstract class SigmaScheduler implements Scheduler {
     this.initNoiseSigma = spacing === 'linspace' || spacing === 'trailing' ? maxSigma : Math.sqrt(maxSigma * maxSigma + 1);
   }
 
+  readonly historyLength = 0;
+
   abstract needsNoise(stepIndex: number): boolean;
-  abstract step(modelOutput: Float32Array, stepIndex: number, sample: Float32Array, noise?: Float32Array): Float32Array;
+  abstract linearStep(stepIndex: number): LinearStep;
+
+  modelInputScale(stepIndex: number): number {
+    const sigma = this.sigmaAt(stepIndex);
+    return 1 / Math.sqrt(sigma * sigma + 1);
+  }
 
   scaleModelInput(sample: Float32Array, stepIndex: number): Float32Array {
-    const sigma = this.sigmaAt(stepIndex);
-    const scale = 1 / Math.sqrt(sigma * sigma + 1);
+    const scale = this.modelInputScale(stepIndex);
     const out = new Float32Array(sample.length);
     for (let i = 0; i < sample.length; i++) out[i] = sample[i] * scale;
     return out;
+  }
+
+  step(modelOutput: Float32Array, stepIndex: number, sample: Float32Array, noise?: Float32Array): Float32Array {
+    const c = this.linearStep(stepIndex);
+    if (c.noise !== 0 && !noise) throw new RangeError(`${this.name}: step ${stepIndex} needs noise`);
+    return applyLinearStep(c, sample, modelOutput, [], noise).next;
   }
 
   protected sigmaAt(stepIndex: number): number {
@@ -60,16 +72,23 @@ abstract class SigmaScheduler implements Scheduler {
     return this.sigmas[stepIndex];
   }
 
-  /** x₀ predicted from the model output at σ (k-diffusion's denoiser for each parameterisation). */
-  protected denoised(modelOutput: number, sample: number, sigma: number): number {
+  /** x₀ = p·x + q·m at σ (k-diffusion's denoiser for each parameterisation). */
+  protected denoise(sigma: number): LinearStep['denoise'] {
     switch (this.prediction) {
       case 'epsilon':
-        return sample - sigma * modelOutput;
+        return { sample: 1, model: -sigma };
       case 'v_prediction':
-        return modelOutput * (-sigma / Math.sqrt(sigma * sigma + 1)) + sample / (sigma * sigma + 1);
+        return { sample: 1 / (sigma * sigma + 1), model: -sigma / Math.sqrt(sigma * sigma + 1) };
       case 'sample':
-        return modelOutput;
+        return { sample: 0, model: 1 };
     }
+  }
+
+  /** The Euler step from σ to σ_to along d(x) = (x − x₀)/σ, plus `noise`·n: x' = x + (x − x₀)/σ · (σ_to − σ) + noise·n. */
+  protected eulerStep(stepIndex: number, sigmaTo: number, noise: number): LinearStep {
+    const sigma = this.sigmaAt(stepIndex);
+    const k = (sigmaTo - sigma) / sigma;
+    return linearStep({ denoise: this.denoise(sigma), sample: 1 + k, denoised: -k, noise });
   }
 }
 
@@ -111,16 +130,8 @@ export class EulerScheduler extends SigmaScheduler {
     return false;
   }
 
-  step(modelOutput: Float32Array, stepIndex: number, sample: Float32Array): Float32Array {
-    requireLength('model output', modelOutput, sample.length);
-    const sigma = this.sigmaAt(stepIndex);
-    const dt = this.sigmas[stepIndex + 1] - sigma;
-    const out = new Float32Array(sample.length);
-    for (let i = 0; i < sample.length; i++) {
-      const x0 = this.denoised(modelOutput[i], sample[i], sigma);
-      out[i] = sample[i] + ((sample[i] - x0) / sigma) * dt;
-    }
-    return out;
+  linearStep(stepIndex: number): LinearStep {
+    return this.eulerStep(stepIndex, this.sigmas[stepIndex + 1], 0);
   }
 }
 
@@ -142,22 +153,11 @@ export class EulerAncestralScheduler extends SigmaScheduler {
     return this.sigmas[stepIndex + 1] > 0;
   }
 
-  step(modelOutput: Float32Array, stepIndex: number, sample: Float32Array, noise?: Float32Array): Float32Array {
-    requireLength('model output', modelOutput, sample.length);
+  linearStep(stepIndex: number): LinearStep {
     const sigma = this.sigmaAt(stepIndex);
     const sigmaTo = this.sigmas[stepIndex + 1];
     const sigmaUp = Math.sqrt((sigmaTo * sigmaTo * (sigma * sigma - sigmaTo * sigmaTo)) / (sigma * sigma));
     const sigmaDown = Math.sqrt(sigmaTo * sigmaTo - sigmaUp * sigmaUp);
-    if (sigmaUp > 0) {
-      if (!noise) throw new RangeError(`euler-ancestral: step ${stepIndex} needs noise`);
-      requireLength('noise', noise, sample.length);
-    }
-    const dt = sigmaDown - sigma;
-    const out = new Float32Array(sample.length);
-    for (let i = 0; i < sample.length; i++) {
-      const x0 = this.denoised(modelOutput[i], sample[i], sigma);
-      out[i] = sample[i] + ((sample[i] - x0) / sigma) * dt + (sigmaUp > 0 ? noise![i] * sigmaUp : 0);
-    }
-    return out;
+    return this.eulerStep(stepIndex, sigmaDown, sigmaUp);
   }
 }

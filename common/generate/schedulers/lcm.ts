@@ -5,7 +5,8 @@
  */
 import { badInput } from '../../errors.ts';
 import type { SchedulerConfig } from './config.ts';
-import { clipSample, linspace, noiseSchedule, requireLength, requirePrediction, thresholdSample, type PredictionType } from './schedule.ts';
+import { applyLinearStep, type LinearStep } from './linear.ts';
+import { linspace, noiseSchedule, requirePrediction, type PredictionType } from './schedule.ts';
 import type { Scheduler } from './types.ts';
 
 const SIGMA_DATA = 0.5;
@@ -41,16 +42,22 @@ export class LcmScheduler implements Scheduler {
     this.#clip = !this.#threshold && config.boolean('clip_sample') ? { range: config.number('clip_sample_range') } : null;
   }
 
+  readonly historyLength = 0;
+
   needsNoise(stepIndex: number): boolean {
     return stepIndex < this.timesteps.length - 1;
+  }
+
+  modelInputScale(): number {
+    return 1;
   }
 
   scaleModelInput(sample: Float32Array): Float32Array {
     return sample;
   }
 
-  step(modelOutput: Float32Array, stepIndex: number, sample: Float32Array, noise?: Float32Array): Float32Array {
-    requireLength('model output', modelOutput, sample.length);
+  /** denoised = c_out·x₀ + c_skip·x; the next sample re-noises it to the next timestep: √ᾱ_prev·denoised + √(1−ᾱ_prev)·noise. */
+  linearStep(stepIndex: number): LinearStep {
     const t = this.timesteps[stepIndex];
     if (t === undefined) throw new RangeError(`lcm: step ${stepIndex} is outside 0…${this.timesteps.length - 1}`);
     const last = stepIndex === this.timesteps.length - 1;
@@ -62,29 +69,23 @@ export class LcmScheduler implements Scheduler {
     const scaled = t * this.#timestepScaling;
     const cSkip = SIGMA_DATA ** 2 / (scaled * scaled + SIGMA_DATA ** 2);
     const cOut = scaled / Math.sqrt(scaled * scaled + SIGMA_DATA ** 2);
+    const denoise =
+      this.#prediction === 'epsilon' ? { sample: 1 / sqrtA, model: -sqrtB / sqrtA } : this.#prediction === 'sample' ? { sample: 0, model: 1 } : { sample: sqrtA, model: -sqrtB };
+    const renoise = last ? 1 : Math.sqrt(alphaPrev);
+    return {
+      denoise,
+      ...(this.#threshold ? { threshold: this.#threshold } : this.#clip ? { clip: this.#clip.range } : {}),
+      sample: renoise * cSkip,
+      denoised: renoise * cOut,
+      model: 0,
+      history: [],
+      noise: last ? 0 : Math.sqrt(1 - alphaPrev),
+    };
+  }
 
-    const x0 = new Float32Array(sample.length);
-    for (let i = 0; i < sample.length; i++) {
-      const m = modelOutput[i];
-      const x = sample[i];
-      x0[i] = this.#prediction === 'epsilon' ? (x - sqrtB * m) / sqrtA : this.#prediction === 'sample' ? m : sqrtA * x - sqrtB * m;
-    }
-    if (this.#threshold) thresholdSample(x0, this.#threshold.ratio, this.#threshold.max);
-    else if (this.#clip) clipSample(x0, this.#clip.range);
-
-    const out = new Float32Array(sample.length);
-    if (last) {
-      for (let i = 0; i < sample.length; i++) out[i] = cOut * x0[i] + cSkip * sample[i];
-      return out;
-    }
-    if (!noise) throw new RangeError(`lcm: step ${stepIndex} needs noise`);
-    requireLength('noise', noise, sample.length);
-    const sqrtPrev = Math.sqrt(alphaPrev);
-    const sqrtPrevB = Math.sqrt(1 - alphaPrev);
-    for (let i = 0; i < sample.length; i++) {
-      const denoised = cOut * x0[i] + cSkip * sample[i];
-      out[i] = sqrtPrev * denoised + sqrtPrevB * noise[i];
-    }
-    return out;
+  step(modelOutput: Float32Array, stepIndex: number, sample: Float32Array, noise?: Float32Array): Float32Array {
+    const c = this.linearStep(stepIndex);
+    if (c.noise !== 0 && !noise) throw new RangeError(`lcm: step ${stepIndex} needs noise`);
+    return applyLinearStep(c, sample, modelOutput, [], noise).next;
   }
 }

@@ -15,7 +15,7 @@ export type TimestepSpacing = (typeof TIMESTEP_SPACINGS)[number];
 
 export interface NoiseSchedule {
   numTrainTimesteps: number;
-  /** ᾱ_t for t = 0…T−1 (float32 values). */
+  /** ᾱ_t for t = 0…T−1 (float32 values). Shared between schedulers of one config: read-only. */
   alphasCumprod: Float64Array;
 }
 
@@ -25,30 +25,47 @@ export interface NoiseSchedule {
  */
 export function noiseSchedule(config: SchedulerConfig, floorTerminal: boolean): NoiseSchedule {
   const T = config.integer('num_train_timesteps', 1, 100_000);
-  let betas = config.trainedBetas(T)?.map(f32) ?? null;
+  const trained = config.trainedBetas(T);
+  const schedule = trained ? null : config.oneOf('beta_schedule', BETA_SCHEDULES);
+  const range =
+    schedule && schedule !== 'squaredcos_cap_v2'
+      ? [config.number('beta_start', (n) => n >= 0 && n < 1, 'in [0, 1)'), config.number('beta_end', (n) => n >= 0 && n < 1, 'in [0, 1)')]
+      : null;
+  const rescale = config.boolean('rescale_betas_zero_snr');
+  // The same few configs come back on every image: their schedules are made once (trained betas are not keyed).
+  const key = trained ? null : `${T}|${schedule}|${range}|${rescale}|${floorTerminal}`;
+  const known = key === null ? undefined : schedules.get(key);
+  if (known) return known;
+
+  let betas = trained?.map(f32) ?? null;
   if (!betas) {
-    const schedule = config.oneOf('beta_schedule', BETA_SCHEDULES);
     if (schedule === 'squaredcos_cap_v2') {
       betas = cosineBetas(T);
     } else {
-      const start = config.number('beta_start', (n) => n >= 0 && n < 1, 'in [0, 1)');
-      const end = config.number('beta_end', (n) => n >= 0 && n < 1, 'in [0, 1)');
+      const [start, end] = range!;
       betas =
         schedule === 'linear'
           ? linspace(start, end, T).map(f32)
           : linspace(Math.sqrt(start), Math.sqrt(end), T).map((b) => f32(f32(b) * f32(b)));
     }
   }
-  if (config.boolean('rescale_betas_zero_snr')) betas = rescaleZeroTerminalSnr(betas);
+  if (rescale) betas = rescaleZeroTerminalSnr(betas);
   const alphasCumprod = new Float64Array(T);
   let acc = 1;
   for (let t = 0; t < T; t++) {
     acc *= f32(1 - betas[t]);
     alphasCumprod[t] = f32(acc);
   }
-  if (floorTerminal && config.boolean('rescale_betas_zero_snr')) alphasCumprod[T - 1] = 2 ** -24;
-  return { numTrainTimesteps: T, alphasCumprod };
+  if (floorTerminal && rescale) alphasCumprod[T - 1] = 2 ** -24;
+  const made: NoiseSchedule = { numTrainTimesteps: T, alphasCumprod };
+  if (key !== null) {
+    if (schedules.size >= 32) schedules.delete(schedules.keys().next().value!);
+    schedules.set(key, made);
+  }
+  return made;
 }
+
+const schedules = new Map<string, NoiseSchedule>();
 
 /** Glide's cosine schedule (`betas_for_alpha_bar`, max β 0.999). */
 function cosineBetas(T: number): number[] {
@@ -73,9 +90,13 @@ function rescaleZeroTerminalSnr(betas: number[]): number[] {
 }
 
 /** σ_t = √((1 − ᾱ_t) / ᾱ_t) over the training timesteps (ascending in t). */
-export function trainingSigmas(schedule: NoiseSchedule): number[] {
-  return Array.from(schedule.alphasCumprod, (a) => f32(Math.sqrt((1 - a) / a)));
+export function trainingSigmas(schedule: NoiseSchedule): readonly number[] {
+  let sigmas = sigmasOf.get(schedule);
+  if (!sigmas) sigmasOf.set(schedule, (sigmas = Array.from(schedule.alphasCumprod, (a) => f32(Math.sqrt((1 - a) / a)))));
+  return sigmas;
 }
+
+const sigmasOf = new WeakMap<NoiseSchedule, readonly number[]>();
 
 /** numpy.linspace(start, stop, num, endpoint): start + i·step, the endpoint written exactly. */
 export function linspace(start: number, stop: number, num: number, endpoint = true): number[] {

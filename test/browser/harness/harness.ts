@@ -4,10 +4,17 @@
  */
 import { createStore, get, getMany, set } from 'idb-keyval';
 import { sampleFeeds } from '../../../common/sample-input.ts';
-import type { Device, GenerateOptions, LoraOverlay, PipelineInfo, ProgressEvent } from '../../../common/pipeline.ts';
+import type { Device, GenerateOptions, LoraOverlay, Pipeline, PipelineInfo, ProgressEvent } from '../../../common/pipeline.ts';
 import { createLoader, type Loader } from '../../../common/loader/index.ts';
 import { MemoryStore } from '../../../common/store.ts';
+import { downloadBlob } from '../../../common/loader/download.ts';
+import { createWorkerHasher } from '../../../web/worker-hasher.ts';
+import { type GenerateTimes, timeAlternating, timeGenerate } from '../../support/generate-replay.ts';
 import { type BrowserLoader, createBrowserLoader, createOrtEngine, persist, webgpuAdapter } from '../../../web/index.ts';
+// LoRA switching (test/browser/lora-switch.test.ts, test/bench/overlay.ts): `window.loraSwitch`.
+import './lora-switch.ts';
+// The loader in a Web Worker (test/browser/worker.test.ts): `window.workerHarness`.
+import './worker-harness.ts';
 
 export interface HarnessLoad {
   origin: string;
@@ -26,6 +33,10 @@ export interface HarnessLoad {
   abortWhen?: { file: string; loaded: number };
   /** Return the progress events (default true; the bench turns them off). */
   keepEvents?: boolean;
+  /** Diagnostics: false hashes on the loader's thread instead of in workers (BrowserLoaderOptions.hashInWorkers). */
+  hashInWorkers?: boolean;
+  /** Diagnostics: when each (phase, file) was first and last reported, in ms from the call (`result.timeline`). */
+  timeline?: boolean;
   /** Run the sample model on these feeds and return the output. */
   run?: { seed: number; width: number; height: number };
   /** Load-time LoRA overlays. */
@@ -35,7 +46,22 @@ export interface HarnessLoad {
   /** Run these components' sessions (a pipeline's `sessions[role]`) on these feeds. */
   components?: Record<string, Record<string, { type: string; dims: number[]; data: number[] }>>;
   /** Generate on a text-to-image pipeline (latents as a plain array). */
-  generate?: Omit<GenerateOptions, 'latents' | 'onStep' | 'signal'> & { latents?: number[] };
+  generate?: Omit<GenerateOptions, 'latents' | 'onStep' | 'signal'> & {
+    latents?: number[];
+    /** Abort a first generate after this many steps, then generate again (the pipeline must still work). */
+    abortAfterStep?: number;
+  };
+  /**
+   * test/bench/generate.ts: time `images` generates (after `warmup` more), and the same session
+   * calls as a bare loop; with `versus`, generate with these options and with `versus` in turn instead.
+   */
+  generateBench?: { options: Omit<GenerateOptions, 'latents' | 'onStep' | 'signal'>; images: number; warmup?: number; versus?: Omit<GenerateOptions, 'latents' | 'onStep' | 'signal'> };
+}
+
+/** The engine's device counters (WebGPU), zero on WASM. */
+export interface DeviceCounters {
+  readbacks: number;
+  liveTensors: number;
 }
 
 export interface HarnessResult {
@@ -49,9 +75,28 @@ export interface HarnessResult {
   output?: { dims: number[]; data: number[] };
   /** Per component run: output name → values. */
   componentOutputs?: Record<string, Record<string, number[]>>;
-  /** What generate() gave: RGBA bytes, size, UNet calls and the steps reported. */
-  image?: { width: number; height: number; rgba: number[]; unetCalls: number; steps: number[] };
+  /**
+   * What generate() gave: RGBA bytes, size, UNet calls and the steps reported; the device's copies
+   * back to the CPU during the generate, and how many more device tensors were held after it than
+   * before (WebGPU; the pipeline's own, such as uploaded weights, are not the generate's).
+   */
+  image?: {
+    width: number;
+    height: number;
+    rgba: number[];
+    unetCalls: number;
+    steps: number[];
+    deviceResident: boolean;
+    readbacks: number;
+    heldAfter: number;
+  };
+  /** With abortAfterStep: how the first generate ended, and how many more device tensors were held after it than before. */
+  aborted?: { code?: string; message: string; heldAfter: number };
+  /** With generateBench: ms per image for generate and for the bare loop of its session calls, device readbacks per generate; or ms per image of each side of `versus`. */
+  generateBench?: (GenerateTimes & { readbacks: number }) | { versus: { ms: number[]; versusMs: number[]; readbacks: number; versusReadbacks: number; deviceResident: boolean; versusDeviceResident: boolean } };
   events: ProgressEvent[];
+  /** With `timeline`: `<phase> <file prefix>` → [first, last] ms from the call. */
+  timeline?: Record<string, [number, number]>;
   warnings: string[];
   ms: number;
 }
@@ -64,7 +109,7 @@ function loaderFor(options: HarnessLoad): Loader {
   if (options.memoryStore) {
     return createLoader({ engine: createOrtEngine(), store: new MemoryStore(), concurrency: options.concurrency, warn, overlayOrtMinElements: options.overlayOrtMinElements });
   }
-  const make = () => createBrowserLoader({ budgetBytes: options.budgetBytes, concurrency: options.concurrency, warn });
+  const make = () => createBrowserLoader({ budgetBytes: options.budgetBytes, concurrency: options.concurrency, hashInWorkers: options.hashInWorkers, warn });
   if (!options.reuse) return make();
   shared ??= make();
   return shared;
@@ -72,6 +117,7 @@ function loaderFor(options: HarnessLoad): Loader {
 
 async function load(options: HarnessLoad): Promise<HarnessResult> {
   const events: ProgressEvent[] = [];
+  const timeline: Record<string, [number, number]> = {};
   warnings.length = 0;
   const controller = new AbortController();
   const started = performance.now();
@@ -89,6 +135,11 @@ async function load(options: HarnessLoad): Promise<HarnessResult> {
       onProgress: (e) => {
         events.push(e);
         if (e.phase === 'session' && blobsReadyMs === undefined) blobsReadyMs = performance.now() - started;
+        if (options.timeline) {
+          const key = `${e.phase} ${e.file.slice(0, 15)}`;
+          const at = Math.round(performance.now() - started);
+          timeline[key] = [timeline[key]?.[0] ?? at, at];
+        }
         const when = options.abortWhen;
         if (when && e.phase === 'download' && e.file === when.file && e.loaded >= when.loaded) controller.abort(new Error('test abort'));
       },
@@ -114,23 +165,81 @@ async function load(options: HarnessLoad): Promise<HarnessResult> {
       }
     }
     let image: HarnessResult['image'];
+    let aborted: HarnessResult['aborted'];
     if (options.generate) {
+      const { latents, abortAfterStep, ...rest } = options.generate;
+      const opts = { ...rest, ...(latents ? { latents: Float32Array.from(latents) } : {}) };
+      if (abortAfterStep !== undefined) {
+        const controller = new AbortController();
+        const live = deviceCounters(p).liveTensors;
+        const e = await p
+          .generate({ ...opts, signal: controller.signal, onStep: (s) => void (s.step === abortAfterStep && controller.abort(new Error('test abort'))) })
+          .then((): Error & { code?: string } => new Error('generate was not aborted'), (err: unknown) => err as Error & { code?: string });
+        aborted = { code: e.code, message: e.message, heldAfter: deviceCounters(p).liveTensors - live };
+      }
       const steps: number[] = [];
-      const { latents, ...rest } = options.generate;
-      const r = await p.generate({ ...rest, ...(latents ? { latents: Float32Array.from(latents) } : {}), onStep: (e) => void steps.push(e.step) });
-      image = { width: r.image.width, height: r.image.height, rgba: Array.from(r.image.data), unetCalls: r.unetCalls, steps };
+      const before = deviceCounters(p);
+      const r = await p.generate({ ...opts, onStep: (e) => void steps.push(e.step) });
+      const after = deviceCounters(p);
+      image = {
+        width: r.image.width,
+        height: r.image.height,
+        rgba: Array.from(r.image.data),
+        unetCalls: r.unetCalls,
+        steps,
+        deviceResident: r.deviceResident,
+        readbacks: after.readbacks - before.readbacks,
+        heldAfter: after.liveTensors - before.liveTensors,
+      };
     }
+    const generateBenchResult = options.generateBench ? await benchGenerate(p, options.generateBench) : undefined;
     const ms = performance.now() - started;
     if (!options.reuse) await p.dispose();
     // Store writes finish behind the load; tests inspect IndexedDB after them.
     await loader.flush();
     const storedMs = performance.now() - started;
-    return { ok: true, info, output, componentOutputs, image, events: options.keepEvents === false ? [] : events, warnings: [...warnings], ms, blobsReadyMs, storedMs };
+    return {
+      ok: true,
+      info,
+      output,
+      componentOutputs,
+      image,
+      aborted,
+      generateBench: generateBenchResult,
+      events: options.keepEvents === false ? [] : events,
+      ...(options.timeline ? { timeline } : {}),
+      warnings: [...warnings],
+      ms,
+      blobsReadyMs,
+      storedMs,
+    };
   } catch (e) {
     await loader.flush();
     const err = e as Error & { code?: string };
     return { ok: false, error: { name: err.name, code: err.code, message: err.message }, events, warnings: [...warnings], ms: performance.now() - started };
   }
+}
+
+function deviceCounters(p: Pipeline): DeviceCounters {
+  const device = p.sessions.unet?.device;
+  return { readbacks: device?.readbacks ?? 0, liveTensors: device?.liveTensors ?? 0 };
+}
+
+/** test/bench/generate.ts: generate() per image against the bare loop of its session calls, and the readbacks per image. */
+async function benchGenerate(p: Pipeline, bench: NonNullable<HarnessLoad['generateBench']>): Promise<NonNullable<HarnessResult['generateBench']>> {
+  const readbacks = async (options: GenerateOptions) => {
+    const before = deviceCounters(p).readbacks;
+    const r = await p.generate(options);
+    return { readbacks: deviceCounters(p).readbacks - before, deviceResident: r.deviceResident };
+  };
+  if (bench.versus) {
+    const a = await readbacks(bench.options);
+    const b = await readbacks(bench.versus);
+    const { aMs, bMs } = await timeAlternating(p, bench.options, bench.versus, bench.images, bench.warmup);
+    return { versus: { ms: aMs, versusMs: bMs, readbacks: a.readbacks, versusReadbacks: b.readbacks, deviceResident: a.deviceResident, versusDeviceResident: b.deviceResident } };
+  }
+  const times = await timeGenerate(p, bench.options, bench.images, { warmup: bench.warmup });
+  return { ...times, readbacks: (await readbacks(bench.options)).readbacks };
 }
 
 /** Baselines for test/bench/browser-load.ts: the same bytes without the loader. Each returns ms. */
@@ -148,13 +257,41 @@ const bench = {
     await Promise.all(urls.map(async (u) => crypto.subtle.digest('SHA-256', await (await fetch(u, { cache: 'no-store' })).arrayBuffer())));
     return performance.now() - t;
   },
-  /** The same records read straight from the loader's IndexedDB database. */
+  /** The same records read straight from the loader's IndexedDB database, as bytes (a Blob record read whole). */
   async idbRead(digests: string[]): Promise<number> {
     const db = createStore('fuseload', 'blobs');
     const t = performance.now();
-    const values = await getMany<Uint8Array>(digests.map((d) => `blob:${d}`), db);
+    const values = await getMany<Blob | Uint8Array>(digests.map((d) => `blob:${d}`), db);
     if (values.some((v) => !v)) throw new Error('idbRead: a blob is missing');
+    await Promise.all(values.map((v) => (v instanceof Blob ? v.arrayBuffer() : v)));
     return performance.now() - t;
+  },
+  /** Writes the blobs into a database of their own as Uint8Array records (the layout before Blob records). */
+  async idbArrayBufferFill(urls: string[]): Promise<void> {
+    const db = createStore('fuseload-bench-arraybuffer', 'blobs');
+    for (const u of urls) await set(u, new Uint8Array(await (await fetch(u, { cache: 'no-store' })).arrayBuffer()), db);
+  },
+  /** Reads those Uint8Array records back: a raw read of the same bytes in the older layout. */
+  async idbArrayBufferRead(urls: string[]): Promise<number> {
+    const db = createStore('fuseload-bench-arraybuffer', 'blobs');
+    const t = performance.now();
+    const values = await getMany<Uint8Array>(urls, db);
+    if (values.some((v) => !v)) throw new Error('idbArrayBufferRead: a blob is missing');
+    return performance.now() - t;
+  },
+  /**
+   * The peer's whole warm path, for the end-to-end ratio: the Cache API read (as transformers.js
+   * does) and an onnxruntime-web session from those bytes, nothing verified. `urls[0]` is the graph.
+   */
+  async cacheApiSession(urls: string[]): Promise<number> {
+    const cache = await caches.open('fuseload-bench');
+    const t = performance.now();
+    const bodies = await Promise.all(urls.map(async (u) => new Uint8Array(await (await cache.match(u))!.arrayBuffer())));
+    const hex = (u: string) => u.slice(u.lastIndexOf('/') + 1);
+    const session = await createOrtEngine().create(bodies[0], bodies.slice(1).map((data, i) => ({ path: hex(urls[i + 1]), data })), 'wasm', 'wasm');
+    const ms = performance.now() - t;
+    await session.release();
+    return ms;
   },
   /** The same reads plus one SHA-256 per record as it arrives: the least a verifying warm loader must do. */
   async idbReadAndHash(digests: string[]): Promise<number> {
@@ -165,6 +302,38 @@ const bench = {
         const value = await get<Uint8Array>(`blob:${d}`, db);
         if (!value) throw new Error('idbReadAndHash: a blob is missing');
         await crypto.subtle.digest('SHA-256', value as Uint8Array<ArrayBuffer>);
+      }),
+    );
+    return performance.now() - t;
+  },
+  /**
+   * Diagnostics for the cold path: every blob at once through the loader's `downloadBlob` alone
+   * (no store, no locks), its check deferred; `stream` hashes as the bytes arrive (the browser's hashing workers).
+   */
+  async downloadOnly(blobs: { url: string; digest: string; size: number }[], stream: boolean): Promise<number> {
+    const hasher = stream ? createWorkerHasher() : undefined;
+    const t = performance.now();
+    const results = await Promise.all(
+      blobs.map((b) => downloadBlob({ url: b.url, digest: b.digest as `sha256:${string}`, size: b.size, fetch: (i, o) => fetch(i, o), deferVerify: true, ...(hasher ? { stream: (size: number) => hasher.stream(size) } : {}) })),
+    );
+    const ms = performance.now() - t;
+    await Promise.all(results.map((r) => r.verified));
+    return ms;
+  },
+  /** A bare reader loop into one buffer per blob, nothing else: what any streaming loader pays over `arrayBuffer()`. */
+  async readerLoop(blobs: { url: string; size: number }[]): Promise<number> {
+    const t = performance.now();
+    await Promise.all(
+      blobs.map(async (b) => {
+        const reader = (await fetch(b.url, { cache: 'no-store' })).body!.getReader();
+        const out = new Uint8Array(b.size);
+        let at = 0;
+        for (;;) {
+          const { done, value } = await reader.read();
+          if (done) break;
+          out.set(value, at);
+          at += value.byteLength;
+        }
       }),
     );
     return performance.now() - t;
@@ -195,15 +364,26 @@ const harness = {
   async clearCache() {
     await (shared ?? createBrowserLoader()).store.clear();
   },
-  /** Flips one byte of a stored blob, as disk corruption or a meddling extension would. */
-  async tamper(digest: string) {
+  /** Flips one byte of a stored blob, as disk corruption or a meddling extension would (`asBytes`: rewritten in the older Uint8Array layout). */
+  async tamper(digest: string, asBytes = false) {
     const db = createStore('fuseload', 'blobs');
     const loader = createBrowserLoader();
     const bytes = await loader.store.get(digest as `sha256:${string}`);
     if (!bytes) throw new Error(`tamper: ${digest} is not in IndexedDB`);
     const copy = bytes.slice();
     copy[copy.length >> 1] ^= 0xff;
-    await set(`blob:${digest}`, copy, db);
+    await set(`blob:${digest}`, asBytes ? copy : new Blob([copy]), db);
+  },
+  /** What each blob's IndexedDB record holds: 'Blob', 'Uint8Array', … or 'missing'. */
+  async recordKinds(digests: string[]): Promise<string[]> {
+    const values = await getMany<unknown>(digests.map((d) => `blob:${d}`), createStore('fuseload', 'blobs'));
+    return values.map((v) => (v === undefined ? 'missing' : (v as object).constructor.name));
+  },
+  /** Rewrites a stored blob, unchanged, in the layout before Blob records (a Uint8Array), as an older version of the store left it. */
+  async rewriteAsBytes(digest: string) {
+    const bytes = await createBrowserLoader().store.get(digest as `sha256:${string}`);
+    if (!bytes) throw new Error(`rewriteAsBytes: ${digest} is not in IndexedDB`);
+    await set(`blob:${digest}`, bytes, createStore('fuseload', 'blobs'));
   },
 };
 

@@ -1,0 +1,115 @@
+/**
+ * The browser's byte paths in real Chromium (docs/architecture.md, "Browser loading"): blobs are
+ * stored as Blob records (the older Uint8Array records still read); stored weight shards are
+ * hashed while their session is built from them, and a tampered one is still caught before any
+ * output — that session is released, the shard fetched again, and the output is the untampered
+ * one; a graph is hashed before the engine parses it.
+ */
+import { rm } from 'node:fs/promises';
+import type { Browser, Page } from 'playwright-core';
+import { afterAll, beforeAll, describe, expect, test } from 'vitest';
+import { type SampleArtifact, sampleArtifact } from '../support/artifact.ts';
+import { launchChromium } from '../support/chromium.ts';
+import { type Origin, startOrigin } from '../support/origin.ts';
+import { PAGE_PATHS, buildPages } from '../support/web-pages.ts';
+import type { HarnessLoad, HarnessResult } from './harness/harness.ts';
+
+const RUN = { seed: 7, width: 32, height: 32 };
+
+let artifact: SampleArtifact;
+let browser: Browser;
+let site: Origin;
+let origin: Origin;
+let pagesDir: string;
+
+beforeAll(async () => {
+  artifact = await sampleArtifact();
+  browser = await launchChromium();
+  pagesDir = await buildPages(['harness']);
+  site = await startOrigin({ root: pagesDir });
+  origin = await startOrigin({ root: artifact.dir });
+});
+afterAll(async () => {
+  await browser?.close();
+  await site?.close();
+  await origin?.close();
+  if (pagesDir) await rm(pagesDir, { recursive: true, force: true });
+});
+
+async function openPage(): Promise<Page> {
+  const context = await browser.newContext();
+  const page = await context.newPage();
+  await page.goto(`${site.url}/${PAGE_PATHS.harness}`);
+  await page.waitForFunction(() => document.title === 'harness ready');
+  return page;
+}
+
+async function load(page: Page, options: Partial<HarnessLoad> = {}): Promise<HarnessResult & Required<Pick<HarnessResult, 'info' | 'output'>>> {
+  const r = await page.evaluate((o) => window.harness.load(o), { origin: origin.url, model: artifact.name, tag: artifact.tag, device: 'wasm', run: RUN, ...options } as HarnessLoad);
+  expect(r.error).toBeUndefined();
+  return r as HarnessResult & Required<Pick<HarnessResult, 'info' | 'output'>>;
+}
+
+/** Session attempts in a load's events, in order: the graph digest each was for. */
+const sessionAttempts = (r: HarnessResult) => r.events.filter((e) => e.phase === 'session' && e.loaded === 0);
+
+describe('browser load paths', () => {
+  test('blobs are stored as Blob records; a record in the older Uint8Array layout still reads', async () => {
+    const page = await openPage();
+    const cold = await load(page);
+    const digests = artifact.blobs.map((b) => b.digest);
+    expect(await page.evaluate((d) => window.harness.recordKinds(d), digests)).toEqual(digests.map(() => 'Blob'));
+
+    const old = artifact.manifest.shards[0].digest;
+    await page.evaluate((d) => window.harness.rewriteAsBytes(d), old);
+    expect(await page.evaluate((d) => window.harness.recordKinds([d]), old)).toEqual(['Uint8Array']);
+    origin.reset();
+    const warm = await load(page);
+    expect(Object.values(warm.info.sources)).toEqual(artifact.blobs.map(() => 'store'));
+    expect(origin.gets()).toBe(1); // the tag only
+    expect(warm.output).toEqual(cold.output);
+    await page.context().close();
+  });
+
+  for (const layout of ['Blob', 'Uint8Array'] as const) {
+    test(`a tampered stored shard (${layout} record) is caught while its session is built, before any output`, async () => {
+      const page = await openPage();
+      const clean = await load(page);
+      const victim = artifact.manifest.shards[1].digest;
+      await page.evaluate(([d, asBytes]) => window.harness.tamper(d, asBytes), [victim, layout === 'Uint8Array'] as const);
+      origin.reset();
+
+      const r = await load(page);
+      // Verified beside the session: a session was built from the tampered bytes, then released, and a second built.
+      const attempts = sessionAttempts(r);
+      expect(attempts.map((e) => e.file)).toEqual([artifact.manifest.graph.digest, artifact.manifest.graph.digest]);
+      const refetch = r.events.findIndex((e) => e.phase === 'download' && e.file === victim);
+      expect(refetch).toBeGreaterThan(r.events.indexOf(attempts[0]));
+      expect(r.warnings.join('\n')).toMatch(new RegExp(`${victim} in indexeddb is corrupt`));
+      // What came out is the untampered model's, and the load says where every blob came from.
+      expect(r.output).toEqual(clean.output);
+      expect(r.info.sources[victim]).toBe('network');
+      for (const b of artifact.blobs) if (b.digest !== victim) expect(r.info.sources[b.digest]).toBe('store');
+      expect(origin.gets(artifact.blobPath(victim))).toBe(1);
+      expect(r.info.bytesFetched).toBe(artifact.manifest.shards[1].size);
+      // The shard was stored again, intact: the next load reads it from IndexedDB.
+      const again = await load(page);
+      expect(again.info.sources[victim]).toBe('store');
+      expect(again.warnings).toEqual([]);
+      await page.context().close();
+    });
+  }
+
+  test('a tampered graph is caught before the engine parses it: one session, from the refetched graph', async () => {
+    const page = await openPage();
+    const clean = await load(page);
+    const graph = artifact.manifest.graph.digest;
+    await page.evaluate((d) => window.harness.tamper(d), graph);
+    const r = await load(page);
+    expect(sessionAttempts(r)).toHaveLength(1);
+    expect(r.info.sources[graph]).toBe('network');
+    expect(r.warnings.join('\n')).toMatch(new RegExp(`${graph} in indexeddb is corrupt`));
+    expect(r.output).toEqual(clean.output);
+    await page.context().close();
+  });
+});
