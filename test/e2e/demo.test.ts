@@ -14,7 +14,7 @@ import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { freePort } from '../edge-dev/wrangler-dev.ts';
 import { launchChromium } from '../support/chromium.ts';
 import { sampleCaption, type SamplePalette } from '../../tools/sample/sample.ts';
-import { type ImageMeasure, measureImage } from './image-measure.ts';
+import { type ImageMeasure, measureImage } from '../support/image-measure.ts';
 import { groupMembers, type Orchestrator, startOrchestrator } from './orchestrator.ts';
 
 /** Seeds are pinned: the same seed gives the same picture on every machine (Philox noise, WASM). */

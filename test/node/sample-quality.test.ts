@@ -1,7 +1,7 @@
 /**
  * The sample draws what you ask: the committed pipeline (tools/sample/pipeline, trained by
  * tools/sample/train) built, served and generated through exactly the path a real SD pipeline
- * takes, then measured with plain pixel statistics (test/support/sample-checker.ts): for
+ * takes, then measured with plain pixel statistics (test/support/image-measure.ts): for
  * prompts and seeds not used in training, the shape's colour, the background colour and the
  * shape itself must match the prompt; each LoRA moves its own measure with its scale.
  */
@@ -14,7 +14,7 @@ import type { Pipeline } from '../../common/pipeline.ts';
 import { build } from '../../tools/build/build.ts';
 import { createNodeRuntime, type NodeRuntime } from '../../tools/runtime/index.ts';
 import { startCountingOrigin, type CountingOrigin } from '../support/node-origin.ts';
-import { measureImage, type Palette } from '../support/sample-checker.ts';
+import { measureImage, type Palette } from '../support/image-measure.ts';
 
 const SAMPLE = new URL('../../tools/sample/pipeline/', import.meta.url).pathname;
 const palette = JSON.parse(await readFile(join(SAMPLE, 'sample_palette.json'), 'utf8')) as Palette & {
@@ -88,7 +88,9 @@ afterAll(async () => {
 
 async function image(p: Pipeline, prompt: string, seed: number) {
   const { image } = await p.generate({ prompt, seed, ...RUN });
-  return measureImage(image.data, image.width, image.height, palette);
+  const rgb = new Uint8Array(image.width * image.height * 3);
+  for (let i = 0; i < image.width * image.height; i++) rgb.set(image.data.subarray(i * 4, i * 4 + 3), i * 3);
+  return measureImage(rgb, image.width, image.height, palette);
 }
 
 describe('the sample draws what you ask', () => {
