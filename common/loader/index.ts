@@ -94,8 +94,8 @@ interface CachedPipeline {
   released: boolean;
   /** Components whose sessions switch LoRAs in place (switch.ts); empty for a copy-on-merge build. */
   switchable: Map<Role, SwitchableComponent>;
-  /** Their stored weights, fed on every run unless an overlay replaces one: read on the first handle. */
-  baseWeights: Promise<BaseWeights> | null;
+  /** Their stored weights, fed on every run unless an overlay replaces one (from the build's bytes, or read on the first handle). */
+  baseWeights: BaseWeights;
   /** What a switch needs again: where the blobs come from, the manifest's view, the assets. */
   origin: string;
   model: string;
@@ -256,6 +256,7 @@ export function createLoader(runtime: LoaderRuntime): Loader {
     // A base's sessions are made switchable once; an overlay set that cannot switch gets plain ones over shard copies.
     const switchable = new Map<Role, SwitchableComponent>();
     const editFor = loras.length === 0 && switching() ? (role: Role, c: Component, graph: Uint8Array, provider: Provider) => editForSwitching(model, role, c, graph, provider, switchable) : null;
+    const baseWeights = switcher.base((role, shard) => baseShard(origin, model, view, role, shard));
     // Stored bytes are hashed while the sessions are built from them (blobs.ts, verifyLater); nothing leaves here before.
     let mismatch: Promise<unknown> = Promise.resolve(null);
     try {
@@ -297,6 +298,9 @@ export function createLoader(runtime: LoaderRuntime): Loader {
         }))!;
         sessions[role] = created.session;
         infos[role] = { provider: created.provider, fallbacks: created.fallbacks };
+        // Fed weights are no longer in the session: what runs feed for them comes from the bytes in hand.
+        const sw = switchable.get(role);
+        if (sw) await baseWeights.add(role, created.session, sw, async (i) => got.blobs.get(c.shards[i].digest) ?? baseShard(origin, model, view, role, i));
         dropWeights(got.blobs, pending, role);
       }
       const corrupt = await mismatch;
@@ -316,8 +320,9 @@ export function createLoader(runtime: LoaderRuntime): Loader {
         fromPipelineCache: false,
       };
       const generator = view.kind === 'text-to-image' ? createGenerator(model, sessions, assets) : null;
-      return { sessions, info, generator, handles: 0, released: false, switchable, baseWeights: null, origin, model, view, assets };
+      return { sessions, info, generator, handles: 0, released: false, switchable, baseWeights, origin, model, view, assets };
     } catch (e) {
+      baseWeights.dispose();
       for (const s of Object.values(sessions)) await s?.release().catch(() => {});
       // A corrupt stored blob explains an engine's failure on its bytes better than the engine does.
       throw (await mismatch) ?? e;
@@ -439,7 +444,7 @@ export function createLoader(runtime: LoaderRuntime): Loader {
     if (entry.released) return;
     entry.released = true;
     for (const [key, value] of pipelines) if ((await value.catch(() => null)) === entry) pipelines.delete(key);
-    (await entry.baseWeights?.catch(() => null))?.dispose();
+    entry.baseWeights.dispose();
     for (const s of Object.values(entry.sessions)) await s?.release();
   }
 
@@ -478,30 +483,24 @@ export function createLoader(runtime: LoaderRuntime): Loader {
     return handle(entry, fromCache, { plan, loras });
   }
 
-  /** A handle's LoraWeights over the entry's switchable sessions; the stored weights are read once per entry. */
+  /** A handle's LoraWeights over the entry's switchable sessions (stored weights of components built from the store's files are read on the first one). */
   async function switchWeights(entry: CachedPipeline): Promise<LoraWeights> {
     const components = new Map([...entry.switchable].map(([role, component]) => [role, { session: entry.sessions[role]!, component }] as const));
-    if (!entry.baseWeights) {
-      const loading = switcher.base(components, (role, shard) => baseShard(entry, role, shard));
-      entry.baseWeights = loading;
-      loading.catch(() => {
-        if (entry.baseWeights === loading) entry.baseWeights = null;
-      });
-    }
-    return switcher.weights(components, await entry.baseWeights);
+    for (const [role, { session, component }] of components) await entry.baseWeights.add(role, session, component);
+    return switcher.weights(components, entry.baseWeights);
   }
 
   /**
    * One shard of a component's base, for its fed weights: memory, else the store (verified, and
    * not put in the memory tier: the fed weights keep views of it), else the network.
    */
-  async function baseShard(entry: CachedPipeline, role: Role, shard: number): Promise<Uint8Array> {
-    const ref = entry.view.components[role]!.shards[shard];
+  async function baseShard(origin: string, model: string, view: PipelineManifest, role: Role, shard: number): Promise<Uint8Array> {
+    const ref = view.components[role]!.shards[shard];
     const held = await memory.get(ref.digest);
     if (held) return held;
     const stored = await store.get(ref.digest).catch(() => null);
     if (stored && (store.verifiesReads || (await sha256(stored)) === ref.digest)) return stored;
-    const got = await blobs.getBlobs(entry.origin, [ref], new Progress(undefined), undefined, entry.model);
+    const got = await blobs.getBlobs(origin, [ref], new Progress(undefined), undefined, model);
     return got.blobs.get(ref.digest)!;
   }
 

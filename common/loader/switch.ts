@@ -210,9 +210,9 @@ export function createSwitchRuntime(options: SwitchRuntimeOptions) {
       return null;
     },
 
-    /** The stored weights every run of these sessions feeds unless an overlay replaces them (one per pipeline). */
-    base(sessions: SwitchableSessions, baseShard: (role: Role, shard: number) => Promise<Uint8Array>): Promise<BaseWeights> {
-      return BaseWeights.load(sessions, baseShard, upload);
+    /** The stored weights every run of a pipeline's sessions feeds unless an overlay replaces them (one per pipeline; filled per component). */
+    base(read: ShardReader): BaseWeights {
+      return new BaseWeights(upload, read);
     },
 
     /** The switchable state of one pipeline handle (call `apply` before its first run). */
@@ -231,52 +231,77 @@ function deviceOf(session: EngineSession, component: SwitchableComponent): Sessi
   return component.feeding === 'device' ? ((session as Partial<DeviceSession>).device ?? null) : null;
 }
 
+/** A shard of a component's base by its index in `component.shards`, as stored (verified). */
+export type ShardReader = (role: Role, shard: number) => Promise<Uint8Array>;
+
 /**
- * The stored bytes of every fed weight (views into the shards, which the memory tier holds as
- * well), and on a device their device tensors, uploaded once: what a run feeds for a weight no
- * overlay changes. Shared by every handle of one cached pipeline; the sessions hold none of them.
+ * What a run feeds for a fed weight no overlay changes, per component: on the CPU views of the
+ * stored shards (which are then kept), on a device their device tensors, uploaded once (the
+ * stored bytes are let go and read again only for a CPU-side merge). Shared by every handle of
+ * one cached pipeline; the sessions hold none of these weights.
  */
 export class BaseWeights {
-  /** Per role: weight name → its stored bytes (for merging) and what runs feed. */
-  readonly #weights = new Map<Role, Map<string, { bytes: Uint8Array; feed: TensorLike | DeviceTensor }>>();
+  readonly #weights = new Map<Role, Map<string, { bytes: Uint8Array | null; feed: TensorLike | DeviceTensor }>>();
+  readonly #adding = new Map<Role, Promise<void>>();
+  readonly #upload: Upload;
+  readonly #read: ShardReader;
   #disposed = false;
 
-  static async load(sessions: SwitchableSessions, baseShard: (role: Role, shard: number) => Promise<Uint8Array>, upload: Upload): Promise<BaseWeights> {
-    const base = new BaseWeights();
-    try {
-      for (const [role, { session, component }] of sessions) {
-        const device = deviceOf(session, component);
-        const byName = new Map<string, { bytes: Uint8Array; feed: TensorLike | DeviceTensor }>();
-        base.#weights.set(role, byName);
-        const entries = [...component.fed.values()].sort((a, b) => a.shard - b.shard || a.offset - b.offset);
-        let shardIndex = -1;
-        let shard: Uint8Array | null = null;
-        for (const entry of entries) {
-          if (shardIndex !== entry.shard || !shard) {
-            shard = null; // one shard in hand at a time while reading
-            shard = await baseShard(role, entry.shard);
-            shardIndex = entry.shard;
-          }
-          if (entry.offset + entry.length > shard.byteLength) throw new FuseloadError('bad-input', `${role}: tensor "${entry.name}" ends past its shard`);
-          let bytes = shard.subarray(entry.offset, entry.offset + entry.length);
-          // Typed views need an aligned offset (tensors are aligned in their shard, a shard's buffer may not be).
-          if (bytes.byteOffset % 8) bytes = bytes.slice();
-          const tensor: TensorLike = { type: entry.dtype, dims: entry.shape, data: typedView(bytes, entry.dtype) };
-          byName.set(entry.name, { bytes, feed: device ? await upload(device, tensor) : tensor });
-        }
-      }
-    } catch (e) {
-      base.dispose();
-      throw e;
-    }
-    return base;
+  /** `read` gets a shard whenever stored bytes are needed again (memory → store → network). */
+  constructor(upload: Upload, read: ShardReader) {
+    this.#upload = upload;
+    this.#read = read;
   }
 
-  /** The stored bytes of a fed weight. */
-  bytes(role: Role, name: string): Uint8Array {
-    const w = this.#weights.get(role)?.get(name);
-    if (!w) throw new FuseloadError('engine', `${role}: no stored bytes for fed weight "${name}"`);
-    return w.bytes;
+  /** Reads (or uploads) `role`'s fed weights once, from `shard` (the build's bytes in hand, or `read`). */
+  add(role: Role, session: EngineSession, component: SwitchableComponent, shard: (index: number) => Promise<Uint8Array> = (i) => this.#read(role, i)): Promise<void> {
+    let adding = this.#adding.get(role);
+    if (!adding) {
+      adding = this.#fill(role, session, component, shard);
+      this.#adding.set(role, adding);
+      adding.catch(() => this.#adding.delete(role));
+    }
+    return adding;
+  }
+
+  async #fill(role: Role, session: EngineSession, component: SwitchableComponent, shard: (index: number) => Promise<Uint8Array>): Promise<void> {
+    const device = deviceOf(session, component);
+    const byName = new Map<string, { bytes: Uint8Array | null; feed: TensorLike | DeviceTensor }>();
+    try {
+      await this.#fillFrom(byName, role, device, component, shard);
+    } catch (e) {
+      for (const w of byName.values()) if (isDeviceTensor(w.feed)) w.feed.dispose();
+      throw e;
+    }
+    if (this.#disposed) {
+      for (const w of byName.values()) if (isDeviceTensor(w.feed)) w.feed.dispose();
+      throw new FuseloadError('bad-input', 'the pipeline\'s weights were released');
+    }
+    this.#weights.set(role, byName);
+  }
+
+  async #fillFrom(byName: Map<string, { bytes: Uint8Array | null; feed: TensorLike | DeviceTensor }>, role: Role, device: SessionDevice | null, component: SwitchableComponent, shard: (index: number) => Promise<Uint8Array>): Promise<void> {
+    const entries = [...component.fed.values()].sort((a, b) => a.shard - b.shard || a.offset - b.offset);
+    let index = -1;
+    let bytes: Uint8Array | null = null;
+    for (const entry of entries) {
+      if (index !== entry.shard || !bytes) {
+        bytes = null; // one shard in hand at a time
+        bytes = await shard(entry.shard);
+        index = entry.shard;
+      }
+      const tensor = tensorOf(entry, bytes, role);
+      byName.set(entry.name, device ? { bytes: null, feed: await this.#upload(device, tensor) } : { bytes: new Uint8Array(tensor.data.buffer, tensor.data.byteOffset, tensor.data.byteLength), feed: tensor });
+    }
+  }
+
+  /** The stored bytes of a fed weight (read again on a device: only a CPU-side merge needs them). */
+  async bytes(role: Role, entry: TensorEntry): Promise<Uint8Array> {
+    const w = this.#weights.get(role)?.get(entry.name);
+    if (!w) throw new FuseloadError('engine', `${role}: no stored weight "${entry.name}"`);
+    if (w.bytes) return w.bytes;
+    const t = tensorOf(entry, await this.#read(role, entry.shard), role);
+    return new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength);
   }
 
   /** What every run of `role` feeds for its fed weights. */
@@ -293,6 +318,15 @@ export class BaseWeights {
     for (const byName of this.#weights.values()) for (const w of byName.values()) if (isDeviceTensor(w.feed)) w.feed.dispose();
     this.#weights.clear();
   }
+}
+
+/** A tensor index entry's bytes in its shard as a tensor (a copy when the view would be unaligned). */
+function tensorOf(entry: TensorEntry, shard: Uint8Array, role: Role): TensorLike {
+  if (entry.offset + entry.length > shard.byteLength) throw new FuseloadError('bad-input', `${role}: tensor "${entry.name}" ends past its shard`);
+  let bytes = shard.subarray(entry.offset, entry.offset + entry.length);
+  // Typed views need an aligned offset (tensors are aligned in their shard, a shard's buffer may not be).
+  if (bytes.byteOffset % 8) bytes = bytes.slice();
+  return { type: entry.dtype, dims: entry.shape, data: typedView(bytes, entry.dtype) };
 }
 
 interface WeightsDeps {
@@ -435,7 +469,7 @@ export class LoraWeights {
           this.#unfeed(state, name);
           continue;
         }
-        await this.#feedMerged(state, entry, this.#baseWeights.bytes(role, name), t);
+        await this.#feedMerged(state, entry, await this.#baseWeights.bytes(role, entry), t);
         count.fed++;
         onTensor?.(name, ++done, total);
       }

@@ -109,7 +109,7 @@ describe.each(['webgpu', 'wasm'] as const)('switching LoRAs on %s', (device) => 
     expect(await call.output(page, base.id)).toEqual(first);
     expect(await call.warnings(page)).toEqual([]);
     await page.context().close();
-  });
+  }, 240_000);
 
   test('loadPipeline with other loras on the loaded base reuses its sessions; each handle keeps its own overlay', async () => {
     const page = await openPage();
@@ -124,7 +124,7 @@ describe.each(['webgpu', 'wasm'] as const)('switching LoRAs on %s', (device) => 
     expect(maxAbsDiff(await call.output(page, b.id), want.get(CASES[2].name)!)).toBeLessThan(TOLERANCE);
     expect(await call.output(page, base.id)).toEqual(before);
     await page.context().close();
-  });
+  }, 240_000);
 });
 
 test('on WebGPU every weight can merge on the device (the recipe\'s merge graph, its result kept there as the fed tensor)', async () => {
@@ -138,7 +138,7 @@ test('on WebGPU every weight can merge on the device (the recipe\'s merge graph,
   }
   expect(await call.warnings(page)).toEqual([]);
   await page.context().close();
-});
+}, 240_000);
 
 test('generate() on WebGPU (the loop kept on the GPU) with a LoRA on every layer of text encoder and UNet: the merged pipeline\'s picture', async () => {
   const page = await openPage();
@@ -161,4 +161,4 @@ test('generate() on WebGPU (the loop kept on the GPU) with a LoRA on every layer
   expect(maxAbsDiff((await gen(p.id)).rgba, base)).toBe(0);
   expect((await call.setLoras(page, p.id, [])).sessions).toBe(sessions);
   await page.context().close();
-});
+}, 240_000);
