@@ -25,6 +25,7 @@ import { tinySdWithLora } from '../support/lora-switch-artifacts.ts';
 import { startCountingOrigin } from '../support/node-origin.ts';
 import { type Origin, startOrigin } from '../support/origin.ts';
 import { CASES, maxAbsDiff, type OverlayArtifacts, overlayArtifacts, SHARD_SIZE } from '../support/overlay-artifacts.ts';
+import { expectOutputs, FIX, fixtures } from '../support/pipeline-fixtures.ts';
 
 const RUN = { seed: 5, width: 32, height: 32 };
 let fx: OverlayArtifacts;
@@ -289,33 +290,8 @@ describe('what a session cannot take falls back to merging into shard copies', (
 
 // ---- the real-exporter pipeline (torch 1.13 export): a kohya LoRA on text encoder and UNet ----
 
-const FIX = new URL('../fixtures/pipeline/', import.meta.url).pathname;
-const fixtures = JSON.parse(await readFile(join(FIX, 'fixtures.json'), 'utf8'));
 const KOHYA = fixtures.loras['kohya-te-unet'];
 
-async function raw(rel: string, int = false): Promise<Float32Array | Int32Array> {
-  const b = await readFile(join(FIX, rel));
-  const copy = b.buffer.slice(b.byteOffset, b.byteOffset + b.byteLength);
-  return int ? new Int32Array(copy) : new Float32Array(copy);
-}
-
-async function feedsFor(role: Role): Promise<Feeds> {
-  const c = fixtures.pipelines['sd-tiny'].components[role];
-  const feeds: Feeds = {};
-  for (const i of c.inputs) feeds[i.name] = { type: i.dtype, dims: i.shape, data: await raw(c.inputs_data[i.name], i.dtype === 'int32') };
-  return feeds;
-}
-
-function maxRel(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  let worst = a.length === b.length ? 0 : Infinity;
-  for (let i = 0; i < a.length; i++) worst = Math.max(worst, Math.abs(a[i] - b[i]) / (1 + Math.abs(b[i])));
-  return worst;
-}
-
-async function expectOutputs(session: EngineSession, role: Role, expected: Record<string, string>) {
-  const out = await session.run(await feedsFor(role));
-  for (const [name, rel] of Object.entries(expected)) expect(maxRel(out[name].data as Float32Array, await raw(rel)), `${role}.${name}`).toBeLessThan(1e-4);
-}
 
 describe('the real-exporter pipeline (sd-tiny): kohya LoRA on text encoder and UNet', () => {
   let work: string;

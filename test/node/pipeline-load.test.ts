@@ -14,9 +14,8 @@ import type { EngineSession, Feeds } from '../../common/pipeline.ts';
 import { build } from '../../tools/build/build.ts';
 import { createNodeRuntime } from '../../tools/runtime/index.ts';
 import { type CountingOrigin, startCountingOrigin } from '../support/node-origin.ts';
+import { expectOutputs, FIX, fixtures } from '../support/pipeline-fixtures.ts';
 
-const FIX = new URL('../fixtures/pipeline/', import.meta.url).pathname;
-const fixtures = JSON.parse(await readFile(join(FIX, 'fixtures.json'), 'utf8'));
 const KOHYA = fixtures.loras['kohya-te-unet'];
 
 let work: string;
@@ -25,29 +24,6 @@ let baseFingerprint: string;
 let mergedFingerprint: string;
 let loraDigest: string;
 
-async function raw(rel: string, int = false): Promise<Float32Array | Int32Array> {
-  const b = await readFile(join(FIX, rel));
-  const copy = b.buffer.slice(b.byteOffset, b.byteOffset + b.byteLength);
-  return int ? new Int32Array(copy) : new Float32Array(copy);
-}
-
-async function feedsFor(role: Role): Promise<Feeds> {
-  const fx = fixtures.pipelines['sd-tiny'].components[role];
-  const feeds: Feeds = {};
-  for (const i of fx.inputs) feeds[i.name] = { type: i.dtype, dims: i.shape, data: await raw(fx.inputs_data[i.name], i.dtype === 'int32') };
-  return feeds;
-}
-
-function maxRel(a: ArrayLike<number>, b: ArrayLike<number>): number {
-  let worst = a.length === b.length ? 0 : Infinity;
-  for (let i = 0; i < a.length; i++) worst = Math.max(worst, Math.abs(a[i] - b[i]) / (1 + Math.abs(b[i])));
-  return worst;
-}
-
-async function expectOutputs(session: EngineSession, role: Role, expected: Record<string, string>) {
-  const out = await session.run(await feedsFor(role));
-  for (const [name, rel] of Object.entries(expected)) expect(maxRel(out[name].data as Float32Array, await raw(rel)), `${role}.${name}`).toBeLessThan(1e-4);
-}
 
 beforeAll(async () => {
   work = await mkdtemp(join(tmpdir(), 'fuseload-pipeline-load-'));
