@@ -21,7 +21,21 @@ async function loadCommands(program: Command): Promise<void> {
   }
 }
 
+/**
+ * A reader that stops early (`fuseload inspect … | head`) closes our stdout: that ends the
+ * command quietly, as it ends `git log | head`, instead of an unhandled EPIPE with a stack.
+ */
+function quietOnClosedPipe(): void {
+  for (const stream of [process.stdout, process.stderr]) {
+    stream.on('error', (e: NodeJS.ErrnoException) => {
+      if (e.code !== 'EPIPE') throw e;
+      process.exit(process.exitCode ?? 0);
+    });
+  }
+}
+
 export async function main(argv: string[]): Promise<number> {
+  quietOnClosedPipe();
   const program = new Command('fuseload')
     .description('Build, publish, serve and load LoRA-merged ONNX pipelines')
     .version(TOOL_VERSION)

@@ -1,4 +1,4 @@
-import { execFile } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { type AddressInfo, createServer } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -76,6 +76,19 @@ describe('the CLI error mapper', () => {
     expect(userFacingError(refused)?.message).toBe('127.0.0.1:9: connection refused (ECONNREFUSED)');
     expect(userFacingError(new FuseloadError('bad-input', 'x: two\nlines'))?.message).toBe('x: two lines');
     expect(userFacingError(new Error('a bug'))).toBeNull();
+  });
+});
+
+describe('a reader that stops early', () => {
+  it('`fuseload inspect … | head`: a closed stdout ends the command quietly, no EPIPE stack', async () => {
+    // The read end is closed before the CLI writes a byte, so its first write meets EPIPE.
+    const child = spawn(process.execPath, [BIN, 'inspect', join(REPO_ROOT, 'tools/sample/pipeline')], { cwd: REPO_ROOT, env: bare, stdio: ['ignore', 'pipe', 'pipe'] });
+    child.stdout.destroy();
+    let stderr = '';
+    child.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
+    const code = await new Promise<number | null>((resolve) => child.on('close', (c) => resolve(c)));
+    expect(stderr).toBe('');
+    expect(code).toBe(0);
   });
 });
 
