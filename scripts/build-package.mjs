@@ -6,7 +6,7 @@
  * it needs nothing but TypeScript itself.
  */
 import { spawnSync } from 'node:child_process';
-import { cpSync, existsSync, readdirSync, rmSync, statSync } from 'node:fs';
+import { cpSync, existsSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { dirname, join, relative } from 'node:path';
 
@@ -42,10 +42,30 @@ function copyAssets(dir) {
 }
 for (const dir of SOURCES) copyAssets(dir);
 
+// tsc rewrites `.ts` import specifiers but not module URLs: `new Worker(new URL('./worker.ts',
+// import.meta.url))` must name the compiled file, so that a bundler (Vite, webpack) or a browser
+// finds it beside the module.
+let urls = 0;
+function rewriteModuleUrls(dir) {
+  for (const name of readdirSync(dir)) {
+    const path = join(dir, name);
+    if (statSync(path).isDirectory()) rewriteModuleUrls(path);
+    else if (name.endsWith('.js')) {
+      const code = readFileSync(path, 'utf8');
+      const out = code.replace(/new URL\((['"])(\.{1,2}\/[^'"]+)\.ts\1, import\.meta\.url\)/g, (_, q, stem) => {
+        urls++;
+        return `new URL(${q}${stem}.js${q}, import.meta.url)`;
+      });
+      if (out !== code) writeFileSync(path, out);
+    }
+  }
+}
+rewriteModuleUrls(OUT);
+
 for (const entry of ['tools/cli.js', 'tools/runtime/index.js', 'web/index.js']) {
   if (!existsSync(join(OUT, entry))) {
     process.stderr.write(`build: dist/${entry} is missing after tsc\n`);
     process.exit(1);
   }
 }
-process.stdout.write(`build: ${relative(process.cwd(), OUT) || '.'} ready (${assets} asset file${assets === 1 ? '' : 's'} copied)\n`);
+process.stdout.write(`build: ${relative(process.cwd(), OUT) || '.'} ready (${assets} asset file${assets === 1 ? '' : 's'} copied, ${urls} module URL${urls === 1 ? '' : 's'} renamed to .js)\n`);

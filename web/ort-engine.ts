@@ -8,7 +8,7 @@ import { type DeviceFeeds, type DeviceSessionLike, type DeviceTensor, isDeviceTe
 import type { Device, Engine, EngineSession, ExternalDataFile, Feeds, Provider, TensorLike, WeightFeeding } from '../common/pipeline.ts';
 
 export interface OrtEngineOptions {
-  /** URL prefix where ORT's runtime files are served (default `<page origin>/ort/`, see web/vite-plugin-ort.ts). */
+  /** URL prefix where ORT's runtime files are served (default `<page origin>/ort/`, `fuseload/vite`, web/vite-plugin-ort.ts). */
   wasmPaths?: string;
 }
 

@@ -1,7 +1,9 @@
 /**
  * The installable package, as a user gets it: `npm pack` (which builds dist/), installed into a
  * fresh project from the local npm cache, then used by plain Node (no tsx): `fuseload/node`
- * loads a graph artifact from a local origin and runs it, and the `fuseload` bin answers --help.
+ * loads a graph artifact from a local origin and runs it, and the `fuseload` bin answers --help;
+ * and by a Vite app: a page importing `fuseload/web` (on the main thread and in its Web Worker),
+ * built with Vite and `fuseload/vite`, loads and runs the same artifact in headless Chromium.
  */
 import { execFile } from 'node:child_process';
 import { existsSync } from 'node:fs';
@@ -11,7 +13,9 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { writeTinyArtifact, type WrittenArtifact } from '../support/node-onnx.ts';
+import { launchChromium } from '../support/chromium.ts';
 import { type CountingOrigin, startCountingOrigin } from '../support/node-origin.ts';
+import { startOrigin } from '../support/origin.ts';
 import { REPO_ROOT } from '../support/paths.ts';
 
 const run = promisify(execFile);
@@ -43,14 +47,10 @@ beforeAll(async () => {
     join(consumer, 'package.json'),
     JSON.stringify({ name: 'consumer', private: true, type: 'module', allowScripts: { 'onnxruntime-node': false, esbuild: true } }),
   );
-  // Offline, from the local npm cache. onnxruntime-node by the tarball URL this checkout's lock
-  // resolved (the cache holds it; its registry document is cached in a shape --offline skips).
-  const lock = JSON.parse(await readFile(join(REPO_ROOT, 'package-lock.json'), 'utf8')) as { packages: Record<string, { resolved?: string }> };
-  const ort = lock.packages['node_modules/onnxruntime-node'].resolved!;
-  const install = (mode: string, ortSpec: string) =>
-    run('npm', ['install', mode, '--no-audit', '--no-fund', tarball, ortSpec], { cwd: consumer, env, maxBuffer: 64 << 20 });
+  // From the local npm cache (CI's `npm ci` filled it): the package and both optional runtimes.
   const pkg = JSON.parse(await readFile(join(REPO_ROOT, 'package.json'), 'utf8')) as { peerDependencies: Record<string, string> };
-  await install('--offline', ort).catch(() => install('--prefer-offline', `onnxruntime-node@${pkg.peerDependencies['onnxruntime-node']}`));
+  const runtimes = ['onnxruntime-node', 'onnxruntime-web'].map((name) => `${name}@${pkg.peerDependencies[name]}`);
+  await run('npm', ['install', '--prefer-offline', '--no-audit', '--no-fund', tarball, ...runtimes], { cwd: consumer, env, maxBuffer: 64 << 20 });
 
   artifact = await writeTinyArtifact(join(work, 'origin'), { name: 'tiny' });
   origin = await startCountingOrigin(join(work, 'origin'));
@@ -120,4 +120,58 @@ describe('the npm package', () => {
     process.stdout.write(`fuseload --help from the installed package: ${seconds.toFixed(2)} s\n`);
     expect(seconds).toBeLessThan(3);
   });
+
+  it('a Vite app imports fuseload/web, builds, and loads and runs the artifact in Chromium (main thread and worker)', async () => {
+    const app = join(consumer, 'app');
+    await mkdir(app);
+    await writeFile(join(app, 'index.html'), '<!doctype html><meta charset="utf-8"><script type="module" src="./main.js"></script>\n');
+    await writeFile(
+      join(app, 'main.js'),
+      `import { createWorkerLoader, loadPipeline } from 'fuseload/web';
+       import { sampleFeeds } from 'fuseload/common/sample-input';
+       const feeds = () => sampleFeeds({ seed: 1, width: 16, height: 8 });
+       const summary = async (p) => {
+         const out = await p.run(feeds());
+         const r = { fingerprint: p.info.fingerprint, provider: p.info.provider, dims: out.image.dims };
+         await p.dispose();
+         return r;
+       };
+       try {
+         const options = { origin: location.origin, model: 'tiny', tag: 'latest', device: 'wasm' };
+         const main = await summary(await loadPipeline(options));
+         const workerLoader = createWorkerLoader();
+         const worker = await summary(await workerLoader.loadPipeline(options));
+         workerLoader.terminate();
+         window.result = { main, worker };
+       } catch (e) {
+         window.result = { error: String(e?.message ?? e) };
+       }`,
+    );
+    await writeFile(
+      join(consumer, 'vite.config.mjs'),
+      `import { ortAssets } from 'fuseload/vite';
+       export default { root: 'app', base: '/app/', logLevel: 'warn', plugins: [ortAssets()], build: { outDir: '../app-dist', emptyOutDir: true } };`,
+    );
+    // The checkout's Vite (the consumer would have its own) run as its CLI, in the consumer.
+    await run(process.execPath, [join(REPO_ROOT, 'node_modules/vite/bin/vite.js'), 'build'], { cwd: consumer, env, maxBuffer: 64 << 20 });
+    const dist = join(consumer, 'app-dist');
+    // The app at /app/, ORT's runtime (emitted by fuseload/vite) at the engine's default /ort/,
+    // the artifact at / — one origin, as a deployed app with its own artifact host would be.
+    const site = await startOrigin({ root: join(work, 'origin'), mounts: { '/app/': dist, '/ort/': join(dist, 'ort') } });
+    const browser = await launchChromium();
+    try {
+      const page = await browser.newPage();
+      const errors: string[] = [];
+      page.on('pageerror', (e) => errors.push(e.message));
+      await page.goto(`${site.url}/app/index.html`);
+      await page.waitForFunction(() => 'result' in window, null, { timeout: 60_000 });
+      const result = await page.evaluate(() => (window as unknown as { result: unknown }).result);
+      const expected = { fingerprint: artifact.fingerprint, provider: 'wasm', dims: [1, 3, 8, 16] };
+      expect(result).toEqual({ main: expected, worker: expected });
+      expect(errors).toEqual([]);
+    } finally {
+      await browser.close();
+      await site.close();
+    }
+  }, 120_000);
 });
