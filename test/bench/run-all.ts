@@ -38,6 +38,7 @@ export const TARGETS: Record<string, number> = {
   'adapters.loha_ratio': 1.3,
   'adapters.lokr_ratio': 1.3,
   'serve.rss_ratio': 1.25,
+  'serve.flood_growth_ratio': 1.1,
   'generate.node_ratio': 1.05,
   'generate.wasm_ratio': 1.05,
 };

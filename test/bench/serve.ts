@@ -12,6 +12,12 @@
  * - tail_ratio: p99 over p50 at `--clients`, the median run.
  * - overhead_ratio: one client's p50 over the same generation in-process (load once, then
  *   render a PNG), i.e. what HTTP, validation, the queue and the pipeline cache add.
+ * - The flood: `--flood` (64) connections at once, each one request at the default `--max-side`
+ *   (512 × 512), under the server's default pixel budget (max-side² × concurrency). The server's
+ *   RSS is sampled every 25 ms, over three floods in a row: flood_peak_ratio is the highest peak
+ *   over the RSS before the first flood; flood_growth_ratio the RSS 2 s after the third flood
+ *   over 2 s after the first (target ≤ 1.1: the first flood warms the 512² path — ORT's buffers
+ *   for that shape, the PNG encoder — and later floods must not add to it).
  *
  * Prints a table, then `BENCH serve rps=… p50_ms=… p99_ms=… rss_mib=a/b/c rss_ratio=… tail_ratio=… overhead_ratio=…`.
  */
@@ -34,6 +40,7 @@ const { values } = parseArgs({
     clients: { type: 'string', default: '8' },
     side: { type: 'string', default: '64' },
     concurrency: { type: 'string', default: '2' },
+    flood: { type: 'string', default: '64' },
   },
 });
 const seconds = Number(values.seconds);
@@ -41,6 +48,9 @@ const runs = Number(values.runs);
 const clients = Number(values.clients);
 const side = Number(values.side);
 const serverConcurrency = Number(values.concurrency);
+const floodClients = Number(values.flood);
+/** serve's default --max-side (tools/server/limits.ts). */
+const FLOOD_SIDE = 512;
 
 const quantile = (sorted: number[], q: number) => sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))];
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
@@ -108,6 +118,37 @@ async function load(url: string, n: number, ms: number): Promise<RunResult> {
   return { requests: latencies.length, failures, rps: latencies.length / elapsed, p50: quantile(latencies, 0.5), p99: quantile(latencies, 0.99) };
 }
 
+/** `n` connections at once, one `side`² request each, while the server's RSS is sampled. */
+async function flood(url: string, pid: number, n: number, side: number) {
+  const before = await rssMiB(pid);
+  let peak = before;
+  let sampling = true;
+  const sampler = (async () => {
+    while (sampling) {
+      peak = Math.max(peak, await rssMiB(pid));
+      await new Promise((r) => setTimeout(r, 25));
+    }
+  })();
+  const statuses = new Map<number, number>();
+  const started = performance.now();
+  await Promise.all(
+    Array.from({ length: n }, async (_, i) => {
+      const res = await fetch(`${url}/v1/generate`, {
+        method: 'POST',
+        headers: { 'Content-Type': 'application/json' },
+        body: JSON.stringify({ model: 'bench', seed: 900_000 + i, width: side, height: side }),
+      });
+      await res.arrayBuffer();
+      statuses.set(res.status, (statuses.get(res.status) ?? 0) + 1);
+    }),
+  );
+  const seconds = (performance.now() - started) / 1000;
+  sampling = false;
+  await sampler;
+  await new Promise((r) => setTimeout(r, 2000));
+  return { before, peak, after: await rssMiB(pid), seconds, statuses };
+}
+
 const work = await mkdtemp(join(tmpdir(), 'fuseload-bench-serve-'));
 const origin = await startCountingOrigin(join(work, 'origin'));
 let server: { child: ChildProcess; url: string } | null = null;
@@ -147,6 +188,18 @@ try {
   );
   process.stdout.write(`one client: p50 ${single.p50.toFixed(2)} ms over HTTP, ${median(direct).toFixed(2)} ms in-process\n`);
 
+  const floods = [];
+  for (let f = 0; f < 3; f++) {
+    const flooded = await flood(server.url, server.child.pid!, floodClients, FLOOD_SIDE);
+    floods.push(flooded);
+    const answered = [...flooded.statuses].sort((a, b) => a[0] - b[0]).map(([status, count]) => `${count}× ${status}`).join(', ');
+    process.stdout.write(
+      `flood ${f + 1}: ${floodClients} connections of ${FLOOD_SIDE}x${FLOOD_SIDE} at once: ${answered} in ${flooded.seconds.toFixed(1)} s; ` +
+        `server RSS ${flooded.before.toFixed(0)} MiB before, ${flooded.peak.toFixed(0)} MiB peak, ${flooded.after.toFixed(0)} MiB 2 s after\n`,
+    );
+  }
+  const floodPeak = Math.max(...floods.map((f) => f.peak));
+
   const mid = [...results].sort((a, b) => a.rps - b.rps)[Math.floor(results.length / 2)];
   const failures = results.reduce((n, r) => n + r.failures, 0);
   const fields = {
@@ -158,9 +211,13 @@ try {
     rss_ratio: (results[results.length - 1].rss / results[0].rss).toFixed(3),
     tail_ratio: (mid.p99 / mid.p50).toFixed(2),
     overhead_ratio: (single.p50 / median(direct)).toFixed(2),
+    flood_peak_mib: floodPeak.toFixed(0),
+    flood_peak_ratio: (floodPeak / floods[0].before).toFixed(2),
+    flood_growth_ratio: (floods[2].after / floods[0].after).toFixed(3),
   };
   process.stdout.write(`BENCH serve ${Object.entries(fields).map(([k, v]) => `${k}=${v}`).join(' ')}\n`);
-  if (failures) process.exitCode = 1;
+  // A flood may be refused (503 when the queue is full, 429): never answered with a 500.
+  if (failures || floods.some((f) => [...f.statuses.keys()].some((status) => status >= 500 && status !== 503))) process.exitCode = 1;
 } finally {
   server?.child.kill('SIGTERM');
   await origin.close();
