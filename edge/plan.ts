@@ -26,7 +26,13 @@ export function planResponse(method: string, headers: Headers, meta: ObjectMeta)
   return { status: 200 };
 }
 
-/** True when the request could lead to a 206, so the size must be known before reading. */
-export function mayBeRanged(method: string, headers: Headers): boolean {
-  return method === 'GET' && headers.has('Range');
+const PRECONDITIONS = ['If-Match', 'If-None-Match', 'If-Modified-Since', 'If-Unmodified-Since'];
+
+/**
+ * True when the answer may be anything but the whole body — a 206 (Range), or a 304/412 (a
+ * precondition) — so the object's meta is read (R2 head) before deciding whether to read a body.
+ * A body opened and then cancelled is wasted R2 work, and workerd logs each one ("pump canceled").
+ */
+export function needsMetaFirst(method: string, headers: Headers): boolean {
+  return method === 'GET' && (headers.has('Range') || PRECONDITIONS.some((h) => headers.has(h)));
 }

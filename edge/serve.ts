@@ -7,7 +7,7 @@ import { cacheUrl, matchFull, matchRange, putFull } from './cache.ts';
 import type { EdgeBindings } from './env.ts';
 import { fullHeaders, partialHeaders, validatorHeaders, type ObjectHeaderOptions } from './headers.ts';
 import { metaFromCached, metaFromR2, type ObjectMeta } from './object-meta.ts';
-import { mayBeRanged, planResponse, type ResponsePlan } from './plan.ts';
+import { needsMetaFirst, planResponse, type ResponsePlan } from './plan.ts';
 import { isImmutable, type ObjectRoute } from './routes.ts';
 
 type EdgeContext = Context<EdgeBindings>;
@@ -59,8 +59,9 @@ async function serveFromCache(c: EdgeContext, route: ObjectRoute, url: string, o
 async function serveFromBucket(c: EdgeContext, route: ObjectRoute, url: string, options: ObjectHeaderOptions): Promise<Response> {
   const bucket = c.env.ARTIFACTS;
   const headers = c.req.raw.headers;
-  // Without a Range header one get() gives meta and body; a range needs the size first.
-  const first = mayBeRanged('GET', headers) ? await bucket.head(route.key) : await bucket.get(route.key);
+  // A plain GET: one get() gives meta and body. A range or a precondition: meta first, then a body
+  // only if one is sent.
+  const first = needsMetaFirst('GET', headers) ? await bucket.head(route.key) : await bucket.get(route.key);
   if (!first) return notFound();
   const meta = metaFromR2(route.object, first);
   const plan = planResponse('GET', headers, meta);
