@@ -75,6 +75,10 @@ export class OrtNodeEngine implements FileEngine {
     if (!NODE_PROVIDERS.includes(provider)) {
       throw new FuseloadError('unsupported', `execution provider "${provider}" is not available in Node`);
     }
+    // Without its provider libraries ORT cannot load CUDA anyway; asking it would only print its
+    // native "Failed to load library" errors on every session of a CPU host's `auto` load.
+    const missing = provider === 'cuda' ? cudaHint() : null;
+    if (missing) throw new FuseloadError('engine', `CUDA execution provider unavailable: ${missing}`);
     return {
       executionProviders: [provider],
       graphOptimizationLevel: 'all',
