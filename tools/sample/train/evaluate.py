@@ -126,6 +126,11 @@ def main():
     gt_specs = [data.sample_spec(rng, True) for _ in range(200)]
     gt = np.stack([data.render(*s, rng=rng) for s in gt_specs])
     res["ground_truth"] = accuracy(gt, gt_specs)[0]
+    # the ceiling the VAE leaves the UNet: the same renders encoded and decoded
+    with torch.no_grad():
+        x = torch.from_numpy(gt).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+        rec = torch.clamp(p.vae.decode(p.vae.encode(x)[0]), -1.0, 1.0)
+    res["vae_reconstruction"] = accuracy(P.to_uint8(rec), gt_specs)[0]
     specs, seeds = eval_prompts(a.n)
     prompts = [data.caption(*s) for s in specs]
     for sch in ("euler", "ddim") if a.what != "loras" else ():

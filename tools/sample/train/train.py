@@ -28,8 +28,13 @@ SEED = 1234
 N_BASE = 10000
 N_STYLE = 1500
 VAE_STEPS, VAE_BATCH = 800, 32
-DEC_STEPS, DEC_BATCH = 300, 32  # decoder-only fine-tune on the fixed latents (as SD's ft-MSE decoder)
-UNET_STEPS, UNET_BATCH = 1400, 64
+DEC_STEPS, DEC_BATCH = 1200, 32  # decoder-only fine-tune on the fixed latents (as SD's ft-MSE decoder)
+UNET_BATCH = 64
+# text encoder + UNet runs, each resumed from the one before (as SD's later training stages resume
+# the earlier ones), each a warm-up then a cosine to 0.1x: (steps, peak lr, warm-up steps). The loss
+# still falls at the end of each cosine; a restart at a lower peak converges further than one
+# longer cosine in the same steps. unet_stage<k>.pt after each; base.pt is the last.
+UNET_RUNS = [(1400, 1e-3, 100), (1300, 3e-4, 50), (1500, 2e-4, 50)]
 LORA_BATCH = 32
 CAPTION_DROPOUT = 0.1
 LORAS = {  # name -> (file format, rank, alpha)
@@ -38,7 +43,7 @@ LORAS = {  # name -> (file format, rank, alpha)
     "stripes": ("diffusers", 8, 8.0),
 }
 # name -> (steps, peak lr); outline's alpha/rank = 0.5 halves its update, hence the higher lr
-LORA_TRAIN = {"outline": (150, 1.2e-2), "pastel": (75, 6e-3), "stripes": (75, 6e-3)}
+LORA_TRAIN = {"outline": (150, 1.2e-2), "pastel": (150, 6e-3), "stripes": (75, 6e-3)}
 
 
 def setup():
@@ -194,28 +199,19 @@ def drop_captions(ids, empty, g):
     return torch.where(drop[:, None], empty[None, :], ids)
 
 
-def phase_unet(work, d, lat, tok):
-    p = os.path.join(work, "base.pt")
-    te, unet = models.CLIPTextModel(text_config(tok)), models.UNet2DConditionModel(models.UNET_CONFIG)
-    if os.path.exists(p):
-        sd = torch.load(p)
-        te.load_state_dict(sd["text_encoder"])
-        unet.load_state_dict(sd["unet"])
-        return te, unet
+def unet_train(te, unet, x0, ids, tok, steps, peak, warm, seed, label):
+    """Joint text encoder + UNet training with an EMA of the weights (the EMA is what is kept)."""
     t0 = time.time()
-    sf = lat["scaling_factor"]
-    x0 = lat["base"] * sf
-    ids = caption_ids(tok, d["base_cap"])
     empty = torch.tensor(tok.encode(""), dtype=torch.long)
     ac = torch.from_numpy(sched.alphas_cumprod())
     params = list(te.parameters()) + list(unet.parameters())
     ema = [q.detach().clone() for q in params]
-    opt = torch.optim.AdamW(params, lr=1e-3, betas=(0.9, 0.99), weight_decay=0.01)
-    g = torch.Generator().manual_seed(SEED + 20)
+    opt = torch.optim.AdamW(params, lr=peak, betas=(0.9, 0.99), weight_decay=0.01)
+    g = torch.Generator().manual_seed(seed)
     run = 0.0
-    for step in range(UNET_STEPS):
+    for step in range(steps):
         for pg in opt.param_groups:
-            pg["lr"] = lr_at(step, UNET_STEPS, 1e-3, warm=100)
+            pg["lr"] = lr_at(step, steps, peak, warm=warm)
         idx = torch.randint(0, len(x0), (UNET_BATCH,), generator=g)
         loss = diffusion_loss(te, unet, x0[idx], drop_captions(ids[idx], empty, g), g, ac)
         opt.zero_grad()
@@ -227,13 +223,37 @@ def phase_unet(work, d, lat, tok):
             for e, q in zip(ema, params):
                 e.mul_(decay).add_(q.detach(), alpha=1 - decay)
         run = loss.item() if step == 0 else 0.98 * run + 0.02 * loss.item()
-        if step % 100 == 0 or step == UNET_STEPS - 1:
-            log(f"unet {step} loss {run:.4f} ({time.time() - t0:.0f}s)")
+        if step % 100 == 0 or step == steps - 1:
+            log(f"{label} {step} loss {run:.4f} ({time.time() - t0:.0f}s)")
     with torch.no_grad():
         for e, q in zip(ema, params):
             q.copy_(e)
+    log(f"{label}: {steps} steps in {time.time() - t0:.1f}s")
+
+
+def phase_unet(work, d, lat, tok):
+    """The UNET_RUNS in turn, each from the checkpoint of the one before (unet_stage<k>.pt); base.pt = the last."""
+    p = os.path.join(work, "base.pt")
+    te, unet = models.CLIPTextModel(text_config(tok)), models.UNet2DConditionModel(models.UNET_CONFIG)
+
+    def load(path):
+        sd = torch.load(path)
+        te.load_state_dict(sd["text_encoder"])
+        unet.load_state_dict(sd["unet"])
+
+    if os.path.exists(p):
+        load(p)
+        return te, unet
+    x0 = lat["base"] * lat["scaling_factor"]
+    ids = caption_ids(tok, d["base_cap"])
+    for k, (steps, peak, warm) in enumerate(UNET_RUNS, start=1):
+        stage = os.path.join(work, f"unet_stage{k}.pt")
+        if os.path.exists(stage):
+            load(stage)
+            continue
+        unet_train(te, unet, x0, ids, tok, steps, peak, warm, SEED + 19 + k, f"unet stage {k}")
+        torch.save({"text_encoder": te.state_dict(), "unet": unet.state_dict()}, stage)
     torch.save({"text_encoder": te.state_dict(), "unet": unet.state_dict()}, p)
-    log(f"unet+te: {UNET_STEPS} steps in {time.time() - t0:.1f}s")
     return te, unet
 
 
