@@ -94,10 +94,9 @@ async function image(p: Pipeline, prompt: string, seed: number) {
 }
 
 describe('the sample draws what you ask', () => {
-  // The issue's targets are colour ≥ 90 %, background ≥ 90 %, shape ≥ 70 %. The committed model
-  // measures about 73 / 95 / 52 % (see tools/sample/train/README.md): this pins that floor, so a
-  // regression in the runtime or the artifact fails here, and prints the figures on every run.
-  it('holds the trained model\'s floor: colour ≥ 60 %, background ≥ 85 %, shape ≥ 40 % on prompts and seeds not used in training', async () => {
+  // The committed model measures 93 / 100 / 83 % here (tools/sample/train/README.md has the
+  // trainer's own figures); the bounds are the project's targets, and the figures print every run.
+  it('colour ≥ 90 %, background ≥ 90 %, shape ≥ 70 % on prompts and seeds not used in training', async () => {
     const p = await runtime.loadPipeline({ origin: origin.url, model: 'sample', fingerprint });
     const all = specs(60);
     let color = 0;
@@ -114,9 +113,9 @@ describe('the sample draws what you ask', () => {
     const n = all.length;
     console.log(`sample quality over ${n} images (20 Euler steps, guidance 5): colour ${((100 * color) / n).toFixed(0)} %, background ${((100 * background) / n).toFixed(0)} %, shape ${((100 * shape) / n).toFixed(0)} %`);
     if (misses.length) console.log(`misses:\n  ${misses.slice(0, 12).join('\n  ')}`);
-    expect(color / n).toBeGreaterThanOrEqual(0.6);
-    expect(background / n).toBeGreaterThanOrEqual(0.85);
-    expect(shape / n).toBeGreaterThanOrEqual(0.4);
+    expect(color / n).toBeGreaterThanOrEqual(0.9);
+    expect(background / n).toBeGreaterThanOrEqual(0.9);
+    expect(shape / n).toBeGreaterThanOrEqual(0.7);
     await p.dispose();
   });
 
