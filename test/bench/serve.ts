@@ -19,14 +19,18 @@
  *   over 2 s after the first (target ≤ 1.1: the first flood warms the 512² path — ORT's buffers
  *   for that shape, the PNG encoder — and later floods must not add to it).
  *
+ * - The trained sample (tools/sample/pipeline, 20 Euler steps at 64²) through the same server at
+ *   `--clients`: sample_rps, sample_p50_ms, sample_p99_ms.
+ *
  * Prints a table, then `BENCH serve rps=… p50_ms=… p99_ms=… rss_mib=a/b/c rss_ratio=… tail_ratio=… overhead_ratio=…`.
  */
 import { type ChildProcess, spawn } from 'node:child_process';
-import { readFile } from 'node:fs/promises';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
+import { tagKey } from '../../common/keys.ts';
+import { build } from '../../tools/build/build.ts';
 import { createNodeRuntime } from '../../tools/runtime/index.ts';
 import { renderPng } from '../../tools/server/render.ts';
 import { writeTinyArtifact } from '../support/node-onnx.ts';
@@ -92,8 +96,14 @@ interface RunResult {
   p99: number;
 }
 
+type Body = (client: number, i: number) => Record<string, unknown>;
+/** The graph sample (the tiny seeded test model): the cheap request that loads the server itself. */
+const graphBody: Body = (client, i) => ({ model: 'bench', seed: client * 100_000 + i, width: side, height: side });
+/** The trained text-to-image sample (tools/sample/pipeline): 20 Euler steps at its native 64². */
+const sampleBody: Body = (client, i) => ({ model: 'sample', prompt: 'a red circle on a blue background', seed: client * 100_000 + i, steps: 20, width: 64, height: 64 });
+
 /** `n` clients, each posting as soon as its last answer is in, for `ms`. */
-async function load(url: string, n: number, ms: number): Promise<RunResult> {
+async function load(url: string, n: number, ms: number, body: Body = graphBody): Promise<RunResult> {
   const latencies: number[] = [];
   let failures = 0;
   const until = performance.now() + ms;
@@ -105,7 +115,7 @@ async function load(url: string, n: number, ms: number): Promise<RunResult> {
         const res = await fetch(`${url}/v1/generate`, {
           method: 'POST',
           headers: { 'Content-Type': 'application/json' },
-          body: JSON.stringify({ model: 'bench', seed: client * 100_000 + i, width: side, height: side }),
+          body: JSON.stringify(body(client, i)),
         });
         await res.arrayBuffer();
         if (res.status === 200) latencies.push(performance.now() - t);
@@ -149,11 +159,16 @@ async function flood(url: string, pid: number, n: number, side: number) {
   return { before, peak, after: await rssMiB(pid), seconds, statuses };
 }
 
+const SAMPLE = join(REPO_ROOT, 'tools/sample/pipeline');
+
 const work = await mkdtemp(join(tmpdir(), 'fuseload-bench-serve-'));
 const origin = await startCountingOrigin(join(work, 'origin'));
 let server: { child: ChildProcess; url: string } | null = null;
 try {
   await writeTinyArtifact(join(work, 'origin'), { name: 'bench' });
+  const sample = await build({ base: SAMPLE, name: 'sample', out: join(work, 'origin'), store: null });
+  await mkdir(join(work, 'origin', 'tags', 'sample'), { recursive: true });
+  await writeFile(join(work, 'origin', tagKey('sample', 'latest')), JSON.stringify({ manifest: sample.fingerprint }));
 
   // In-process: the same generation with no server around it.
   const runtime = createNodeRuntime({ storeRoot: join(work, 'store-direct'), warn: () => {} });
@@ -200,6 +215,13 @@ try {
   }
   const floodPeak = Math.max(...floods.map((f) => f.peak));
 
+  // The trained sample through the same server: one warm-up, then one run at --clients.
+  await load(server.url, clients, 2000, sampleBody);
+  const sampled = await load(server.url, clients, seconds * 1000, sampleBody);
+  process.stdout.write(
+    `trained sample (20 Euler steps, 64x64): ${clients} clients, ${sampled.rps.toFixed(1)} req/s, p50 ${sampled.p50.toFixed(0)} ms, p99 ${sampled.p99.toFixed(0)} ms, ${sampled.failures} failed\n`,
+  );
+
   const mid = [...results].sort((a, b) => a.rps - b.rps)[Math.floor(results.length / 2)];
   const failures = results.reduce((n, r) => n + r.failures, 0);
   const fields = {
@@ -211,13 +233,16 @@ try {
     rss_ratio: (results[results.length - 1].rss / results[0].rss).toFixed(3),
     tail_ratio: (mid.p99 / mid.p50).toFixed(2),
     overhead_ratio: (single.p50 / median(direct)).toFixed(2),
+    sample_rps: sampled.rps.toFixed(1),
+    sample_p50_ms: sampled.p50.toFixed(0),
+    sample_p99_ms: sampled.p99.toFixed(0),
     flood_peak_mib: floodPeak.toFixed(0),
     flood_peak_ratio: (floodPeak / floods[0].before).toFixed(2),
     flood_growth_ratio: (floods[2].after / floods[0].after).toFixed(3),
   };
   process.stdout.write(`BENCH serve ${Object.entries(fields).map(([k, v]) => `${k}=${v}`).join(' ')}\n`);
   // A flood may be refused (503 when the queue is full, 429): never answered with a 500.
-  if (failures || floods.some((f) => [...f.statuses.keys()].some((status) => status >= 500 && status !== 503))) process.exitCode = 1;
+  if (failures || sampled.failures || floods.some((f) => [...f.statuses.keys()].some((status) => status >= 500 && status !== 503))) process.exitCode = 1;
 } finally {
   server?.child.kill('SIGTERM');
   await origin.close();
