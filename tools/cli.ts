@@ -25,7 +25,11 @@ async function loadCommands(program: Command): Promise<void> {
  * A reader that stops early (`fuseload inspect … | head`) closes our stdout: that ends the
  * command quietly, as it ends `git log | head`, instead of an unhandled EPIPE with a stack.
  */
+let pipesWatched = false;
 function quietOnClosedPipe(): void {
+  // Once per process: main() also runs in-process (tests), many times.
+  if (pipesWatched) return;
+  pipesWatched = true;
   for (const stream of [process.stdout, process.stderr]) {
     stream.on('error', (e: NodeJS.ErrnoException) => {
       if (e.code !== 'EPIPE') throw e;
