@@ -136,8 +136,10 @@ def export_all(work, out):
             meta.update(ss_network_dim=str(r), ss_network_alpha=str(alpha), ss_network_module="networks.lora")
         L.write_safetensors(os.path.join(ld, f"{name}.safetensors"), L.to_file_tensors(fmt, lo["te"], lo["unet"]), meta)
         if fmt == "peft":
-            leaves = ["q_proj", "k_proj", "v_proj", "out_proj", "to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out",
-                      "ff.net.0.proj", "ff.net.2", "conv1", "conv2"]
+            modules = list(lo["te"]) + list(lo["unet"])
+            leaves = [leaf for leaf in ("q_proj", "k_proj", "v_proj", "out_proj", "to_q", "to_k", "to_v", "to_out.0", "proj_in",
+                                        "proj_out", "ff.net.0.proj", "ff.net.2", "conv1", "conv2")
+                      if any(m.endswith("." + leaf) for m in modules)]
             dump(os.path.join(ld, f"{name}.adapter_config.json"), {
                 "peft_type": "LORA", "r": r, "lora_alpha": alpha, "target_modules": leaves, "bias": "none",
                 "use_rslora": False, "use_dora": False, "lora_dropout": 0.0, "init_lora_weights": True,

@@ -39,13 +39,14 @@ def te_targets(te):
     return [n for n, m in te.named_modules() if isinstance(m, nn.Linear) and n.split(".")[-1] in ("q_proj", "k_proj", "v_proj", "out_proj")]
 
 
-def unet_targets(unet):
+def unet_targets(unet, convs=True):
+    """Attention/FF linears; with `convs`, every ResNet conv1/conv2 too (LoCon)."""
     out = []
     for n, m in unet.named_modules():
         if isinstance(m, nn.Linear) and (".attentions." in n) and any(
                 n.endswith(s) for s in ("to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2")):
             out.append(n)
-        elif isinstance(m, nn.Conv2d) and ".resnets." in n and n.split(".")[-1] in ("conv1", "conv2"):
+        elif convs and isinstance(m, nn.Conv2d) and ".resnets." in n and n.split(".")[-1] in ("conv1", "conv2"):
             out.append(n)
     return out
 

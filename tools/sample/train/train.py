@@ -44,6 +44,9 @@ LORAS = {  # name -> (file format, rank, alpha)
 }
 # name -> (steps, peak lr); outline's alpha/rank = 0.5 halves its update, hence the higher lr
 LORA_TRAIN = {"outline": (150, 1.2e-2), "pastel": (150, 6e-3), "stripes": (75, 6e-3)}
+# UNet ResNet convs too (LoCon), or its attention and feed-forward only: with convs, pastel's low
+# scales pushed many backgrounds to other palette colours, and its saturation rose from 0 to 0.25
+LORA_LOCON = {"outline": True, "pastel": False, "stripes": True}
 
 
 def setup():
@@ -277,7 +280,7 @@ def phase_lora(work, d, lat, tok, name, k):
     for q in list(te.parameters()) + list(unet.parameters()):
         q.requires_grad_(False)
     te_layers = L.inject(te, L.te_targets(te), r, alpha)
-    un_layers = L.inject(unet, L.unet_targets(unet), r, alpha)
+    un_layers = L.inject(unet, L.unet_targets(unet, convs=LORA_LOCON[name]), r, alpha)
     params = [q for l in list(te_layers.values()) + list(un_layers.values()) for q in (l.down.weight, l.up.weight)]
     opt = torch.optim.AdamW(params, lr=2e-3, betas=(0.9, 0.99), weight_decay=0.0)
     x0 = lat[name] * lat["scaling_factor"]
