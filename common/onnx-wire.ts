@@ -90,7 +90,8 @@ export function fieldVarints(fields: readonly WireField[], field: number, what: 
   return out;
 }
 
-function varintBytes(value: number): number[] {
+/** A protobuf varint's bytes. */
+export function varintBytes(value: number): number[] {
   if (!Number.isSafeInteger(value) || value < 0) throw new FuseloadError('bad-input', `protobuf varint ${value} is not a non-negative safe integer`);
   const out: number[] = [];
   while (value >= 0x80) {

@@ -9,6 +9,7 @@
  */
 import type { FileHandle } from 'node:fs/promises';
 import { badInput } from '../../common/errors.ts';
+import { concatBytes, encodeField, varintBytes } from '../../common/onnx-wire.ts';
 
 /** Where one initializer's raw bytes lie in the .onnx file. */
 export interface InlineSpan {
@@ -74,16 +75,6 @@ class Reader {
   }
 }
 
-function varintBytes(n: number): number[] {
-  const out: number[] = [];
-  while (n > 0x7f) {
-    out.push((n % 128) | 0x80);
-    n = Math.floor(n / 128);
-  }
-  out.push(n);
-  return out;
-}
-
 /** Raw bytes of one field (tag, then value) copied as they were. */
 async function copyField(r: Reader, tag: number, wire: number): Promise<Uint8Array[]> {
   const head = Uint8Array.from(varintBytes(tag));
@@ -101,20 +92,6 @@ async function copyField(r: Reader, tag: number, wire: number): Promise<Uint8Arr
     default:
       throw new Error(`wire type ${wire}`);
   }
-}
-
-function concat(parts: Uint8Array[]): Uint8Array {
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let at = 0;
-  for (const p of parts) {
-    out.set(p, at);
-    at += p.length;
-  }
-  return out;
-}
-
-function lengthDelimited(field: number, body: Uint8Array): Uint8Array[] {
-  return [Uint8Array.from(varintBytes((field << 3) | 2)), Uint8Array.from(varintBytes(body.length)), body];
 }
 
 /** Parses messages of known nesting: fields to descend into, and the raw_data field to leave out. */
@@ -136,14 +113,14 @@ async function message(r: Reader, end: number, level: 'model' | 'graph' | 'tenso
       const inner = { span: null as InlineSpan | null };
       const body = await message(r, stop, level === 'model' ? 'graph' : 'tensor', spans, inner);
       if (level === 'graph') spans.push(inner.span);
-      parts.push(...lengthDelimited(field, body));
+      parts.push(encodeField(field, body));
       continue;
     }
     if (wire !== 0 && wire !== 1 && wire !== 2 && wire !== 5) throw badInput(r.input, `not a valid ONNX model (wire type ${wire} at byte ${r.pos})`);
     parts.push(...(await copyField(r, tag, wire)));
   }
   if (r.pos !== end) throw badInput(r.input, `not a valid ONNX model (a message ends at byte ${r.pos}, not ${end})`);
-  return concat(parts);
+  return concatBytes(parts);
 }
 
 export async function readSkeleton(fh: FileHandle, size: number, input: string): Promise<ModelSkeleton> {
