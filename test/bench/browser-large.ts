@@ -24,7 +24,6 @@ import { cp, mkdir, mkdtemp, open, readFile, readdir, rm, stat, writeFile } from
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { chromium } from 'playwright-core';
-import { tagKey } from '../../common/keys.ts';
 import { build } from '../../tools/build/build.ts';
 import { DTYPE_CODES, decodeModel, encodeModel, type ModelProto, type NodeProto, setExternal, type TensorProto } from '../../tools/onnx/model.ts';
 import type { WorkerHarnessResult } from '../browser/harness/worker-harness.ts';
@@ -32,6 +31,7 @@ import { CHROMIUM_ARGS, CHROMIUM_PATH } from '../support/chromium.ts';
 import { startOrigin } from '../support/origin.ts';
 import { TINY_SD } from '../support/tiny-sd-artifact.ts';
 import { PAGE_PATHS, buildPages } from '../support/web-pages.ts';
+import { writeTag } from '../support/tag.ts';
 
 const MiB = 1024 * 1024;
 const args = process.argv.slice(2);
@@ -116,8 +116,7 @@ async function largeArtifact(dtype: WeightDtype): Promise<{ dir: string; fingerp
     }
     const out = join(home, 'origin');
     const report = await build({ base, name: 'sd-large', out, store: null });
-    await mkdir(join(out, 'tags', 'sd-large'), { recursive: true });
-    await writeFile(join(out, tagKey('sd-large', 'latest')), JSON.stringify({ manifest: report.fingerprint }));
+    await writeTag(out, 'sd-large', report.fingerprint);
     await rm(base, { recursive: true, force: true });
     const manifest = JSON.parse(await readFile(join(out, 'manifests', 'sha256', `${report.fingerprint.slice(7)}.json`), 'utf8'));
     const blobs = [...Object.values(manifest.components as Record<string, { graph: { size: number }; shards: { size: number }[] }>).flatMap((c) => [c.graph, ...c.shards]), ...Object.values(manifest.assets as Record<string, { size: number }>)];

@@ -22,7 +22,7 @@
  * all are verified (common/loader/blobs.ts, verifyLater), so the warm load's byte part ends when
  * the bytes reach the engine; `warm_usable_*` shows the whole wait a user has.
  */
-import { mkdir, mkdtemp, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { mulberry32 } from '../../common/sample-input.ts';
@@ -33,6 +33,7 @@ import { fuseload } from '../support/artifact.ts';
 import { launchPersistentChromium } from '../support/chromium.ts';
 import { startOrigin } from '../support/origin.ts';
 import { PAGE_PATHS, buildPages } from '../support/web-pages.ts';
+import { writeTag } from '../support/tag.ts';
 
 const MiB = 1024 * 1024;
 /** 5 weights of 56 MiB: 280 MiB in 5 shards of the default 64 MiB. */
@@ -61,8 +62,7 @@ async function bigArtifact(): Promise<{ dir: string; fingerprint: string }> {
     const out = join(work, 'artifact');
     const env = { PIPELINE_STORE: join(work, 'store') };
     const fingerprint = (await fuseload(['build', '--base', join(work, 'big.onnx'), '--name', 'big', '--out', out], env)).trim();
-    await mkdir(join(out, 'tags', 'big'), { recursive: true });
-    await writeFile(join(out, 'tags', 'big', 'latest.json'), JSON.stringify({ manifest: fingerprint }));
+    await writeTag(out, 'big', fingerprint);
     await rm(join(work, 'store'), { recursive: true, force: true });
     await rm(join(work, 'big.onnx'));
     await writeFile(join(work, 'fingerprint'), fingerprint);

@@ -44,7 +44,6 @@ import { type Digest, digestHex, sha256 } from '../../common/digest.ts';
 import { createLoader } from '../../common/loader/index.ts';
 import type { LoraSwitchMode } from '../../common/loader/switch.ts';
 import { f32ToBytes, f32ToF16 } from '../../common/lora/dtype.ts';
-import { tagKey } from '../../common/keys.ts';
 import type { LoraOverlay, ProgressEvent } from '../../common/pipeline.ts';
 import { encodeSafetensors, type SafetensorsInput } from '../../common/safetensors.ts';
 import { mulberry32 } from '../../common/sample-input.ts';
@@ -59,6 +58,7 @@ import { launchChromium } from '../support/chromium.ts';
 import { type Origin, startOrigin } from '../support/origin.ts';
 import { PAGE_PATHS, buildPages } from '../support/web-pages.ts';
 import { overlayArtifacts } from '../support/overlay-artifacts.ts';
+import { writeTag } from '../support/tag.ts';
 
 const { values } = parseArgs({
   options: {
@@ -131,7 +131,7 @@ async function largeSubject(mib = targetMib, model = 'large', dtype = baseDtype)
   await writeFile(join(src, 'base.onnx'), encodeModel(g.model()));
   const out = join(work, `${model}-artifact`);
   const report = await build({ base: join(src, 'base.onnx'), name: model, out, store: null });
-  await tag(out, model, report.fingerprint);
+  await writeTag(out, model, report.fingerprint);
   const loras: Digest[] = [];
   for (const seed of [1, 2]) {
     const t: Record<string, SafetensorsInput> = {};
@@ -177,12 +177,6 @@ async function sampleSubject(): Promise<Subject> {
     layers: fx.base.manifest.tensors.filter((t) => t.module).length,
     targetedBytes: fx.base.manifest.tensors.filter((t) => t.module && t.layout !== 'none').reduce((n, t) => n + t.length, 0),
   };
-}
-
-async function tag(dir: string, model: string, fingerprint: Digest) {
-  const path = join(dir, tagKey(model, 'latest'));
-  await mkdir(join(path, '..'), { recursive: true });
-  await writeFile(path, JSON.stringify({ manifest: fingerprint }));
 }
 
 /** fetch over one shared link of `bytesPerSecond`: each body chunk waits for its slot on it. */

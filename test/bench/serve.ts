@@ -25,17 +25,17 @@
  * Prints a table, then `BENCH serve rps=… p50_ms=… p99_ms=… rss_mib=a/b/c rss_ratio=… tail_ratio=… overhead_ratio=…`.
  */
 import { type ChildProcess, spawn } from 'node:child_process';
-import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { tagKey } from '../../common/keys.ts';
 import { build } from '../../tools/build/build.ts';
 import { createNodeRuntime } from '../../tools/runtime/index.ts';
 import { renderPng } from '../../tools/server/render.ts';
 import { writeTinyArtifact } from '../support/node-onnx.ts';
 import { startCountingOrigin } from '../support/node-origin.ts';
 import { REPO_ROOT } from '../support/paths.ts';
+import { writeTag } from '../support/tag.ts';
 
 const { values } = parseArgs({
   options: {
@@ -167,8 +167,7 @@ let server: { child: ChildProcess; url: string } | null = null;
 try {
   await writeTinyArtifact(join(work, 'origin'), { name: 'bench' });
   const sample = await build({ base: SAMPLE, name: 'sample', out: join(work, 'origin'), store: null });
-  await mkdir(join(work, 'origin', 'tags', 'sample'), { recursive: true });
-  await writeFile(join(work, 'origin', tagKey('sample', 'latest')), JSON.stringify({ manifest: sample.fingerprint }));
+  await writeTag(join(work, 'origin'), 'sample', sample.fingerprint);
 
   // In-process: the same generation with no server around it.
   const runtime = createNodeRuntime({ storeRoot: join(work, 'store-direct'), warn: () => {} });

@@ -3,17 +3,17 @@
  * session per component, and load-time overlays routed per component equal to torch's merged
  * model (test/fixtures/pipeline, computed by make_fixtures.py).
  */
-import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Browser, Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
-import { tagKey } from '../../common/keys.ts';
 import { build } from '../../tools/build/build.ts';
 import { launchChromium } from '../support/chromium.ts';
 import { type Origin, startOrigin } from '../support/origin.ts';
 import { PAGE_PATHS, buildPages } from '../support/web-pages.ts';
 import type { HarnessLoad, HarnessResult } from './harness/harness.ts';
+import { writeTag } from '../support/tag.ts';
 
 const FIX = new URL('../fixtures/pipeline/', import.meta.url).pathname;
 const fixtures = JSON.parse(await readFile(join(FIX, 'fixtures.json'), 'utf8'));
@@ -48,8 +48,7 @@ beforeAll(async () => {
   const merged = await build({ base: join(FIX, 'sd-tiny'), loras: [{ path: join(FIX, KOHYA.file), scale: KOHYA.scale }], name: 'sd-tiny', out: dir, store: null });
   baseFingerprint = base.fingerprint;
   loraDigest = merged.loras[0].digest;
-  await mkdir(join(dir, 'tags', 'sd-tiny'), { recursive: true });
-  await writeFile(join(dir, tagKey('sd-tiny', 'latest')), JSON.stringify({ manifest: base.fingerprint }));
+  await writeTag(dir, 'sd-tiny', base.fingerprint);
   feeds = {};
   for (const role of ROLES) {
     const fx = fixtures.pipelines['sd-tiny'].components[role];

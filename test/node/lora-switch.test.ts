@@ -5,13 +5,12 @@
  * loaded base) must add none. The reference for every overlay is the artifact `fuseload build`
  * merged with the same LoRAs and scales (and, for the real-exporter pipeline, torch's numbers).
  */
-import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import ort from 'onnxruntime-node';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { type Digest, digestHex, sha256 } from '../../common/digest.ts';
-import { tagKey } from '../../common/keys.ts';
 import { createLoader, type FileEngine, type Loader } from '../../common/loader/index.ts';
 import type { LoraSwitchMode } from '../../common/loader/switch.ts';
 import { decodeManifest, schema1, type Role } from '../../common/manifest.ts';
@@ -26,6 +25,7 @@ import { startCountingOrigin } from '../support/node-origin.ts';
 import { type Origin, startOrigin } from '../support/origin.ts';
 import { CASES, maxAbsDiff, type OverlayArtifacts, overlayArtifacts, SHARD_SIZE } from '../support/overlay-artifacts.ts';
 import { expectOutputs, FIX, fixtures } from '../support/pipeline-fixtures.ts';
+import { writeTag } from '../support/tag.ts';
 
 const RUN = { seed: 5, width: 32, height: 32 };
 let fx: OverlayArtifacts;
@@ -308,8 +308,7 @@ describe('the real-exporter pipeline (sd-tiny): kohya LoRA on text encoder and U
     baseFp = base.fingerprint;
     mergedFp = merged.fingerprint;
     loraDigest = merged.loras[0].digest;
-    await mkdir(join(dir, 'tags', 'sd-tiny'), { recursive: true });
-    await writeFile(join(dir, tagKey('sd-tiny', 'latest')), JSON.stringify({ manifest: base.fingerprint }));
+    await writeTag(dir, 'sd-tiny', base.fingerprint);
     sd = await startCountingOrigin(dir);
   });
   afterAll(async () => {

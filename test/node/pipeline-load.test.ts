@@ -4,17 +4,17 @@
  * routed to components exactly as `fuseload build` routes them — checked against torch's merged
  * model (test/fixtures/pipeline, computed by make_fixtures.py).
  */
-import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { tagKey } from '../../common/keys.ts';
 import type { Role } from '../../common/manifest.ts';
 import type { EngineSession, Feeds } from '../../common/pipeline.ts';
 import { build } from '../../tools/build/build.ts';
 import { createNodeRuntime } from '../../tools/runtime/index.ts';
 import { type CountingOrigin, startCountingOrigin } from '../support/node-origin.ts';
 import { expectOutputs, FIX, fixtures } from '../support/pipeline-fixtures.ts';
+import { writeTag } from '../support/tag.ts';
 
 const KOHYA = fixtures.loras['kohya-te-unet'];
 
@@ -33,8 +33,7 @@ beforeAll(async () => {
   baseFingerprint = base.fingerprint;
   mergedFingerprint = merged.fingerprint;
   loraDigest = merged.loras[0].digest;
-  await mkdir(join(dir, 'tags', 'sd-tiny'), { recursive: true });
-  await writeFile(join(dir, tagKey('sd-tiny', 'latest')), JSON.stringify({ manifest: base.fingerprint }));
+  await writeTag(dir, 'sd-tiny', base.fingerprint);
   origin = await startCountingOrigin(dir);
 });
 afterAll(async () => {

@@ -5,16 +5,16 @@
  * prompts and seeds not used in training, the shape's colour, the background colour and the
  * shape itself must match the prompt; each LoRA moves its own measure with its scale.
  */
-import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { tagKey } from '../../common/keys.ts';
 import type { Pipeline } from '../../common/pipeline.ts';
 import { build } from '../../tools/build/build.ts';
 import { createNodeRuntime, type NodeRuntime } from '../../tools/runtime/index.ts';
 import { startCountingOrigin, type CountingOrigin } from '../support/node-origin.ts';
 import { measureImage, type Palette } from '../support/image-measure.ts';
+import { writeTag } from '../support/tag.ts';
 
 const SAMPLE = new URL('../../tools/sample/pipeline/', import.meta.url).pathname;
 const palette = JSON.parse(await readFile(join(SAMPLE, 'sample_palette.json'), 'utf8')) as Palette & {
@@ -76,8 +76,7 @@ beforeAll(async () => {
     const merged = await build({ base: SAMPLE, loras: [{ path: join(SAMPLE, l.file), scale: 1 }], name: 'sample', out: dir, store: null });
     loraDigests[name] = merged.loras[0].digest;
   }
-  await mkdir(join(dir, 'tags', 'sample'), { recursive: true });
-  await writeFile(join(dir, tagKey('sample', 'latest')), JSON.stringify({ manifest: fingerprint }));
+  await writeTag(dir, 'sample', fingerprint);
   origin = await startCountingOrigin(dir);
   runtime = createNodeRuntime({ storeRoot: join(work, 'store'), warn: () => {} });
 }, 120_000);

@@ -4,14 +4,14 @@
  * not our code, not the ONNX graphs): with the reference's initial latents, our final latents and
  * image must equal its own (test/fixtures/sample-reference, committed, so CI needs no torch).
  */
-import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { tagKey } from '../../common/keys.ts';
 import { build } from '../../tools/build/build.ts';
 import { createNodeRuntime } from '../../tools/runtime/index.ts';
 import { startCountingOrigin, type CountingOrigin } from '../support/node-origin.ts';
+import { writeTag } from '../support/tag.ts';
 
 const SAMPLE = new URL('../../tools/sample/pipeline/', import.meta.url).pathname;
 const REF = new URL('../fixtures/sample-reference/', import.meta.url).pathname;
@@ -35,8 +35,7 @@ beforeAll(async () => {
   work = await mkdtemp(join(tmpdir(), 'fuseload-sample-ref-'));
   const dir = join(work, 'origin');
   fingerprint = (await build({ base: SAMPLE, name: 'sample', out: dir, store: null })).fingerprint;
-  await mkdir(join(dir, 'tags', 'sample'), { recursive: true });
-  await writeFile(join(dir, tagKey('sample', 'latest')), JSON.stringify({ manifest: fingerprint }));
+  await writeTag(dir, 'sample', fingerprint);
   origin = await startCountingOrigin(dir);
 });
 afterAll(async () => {

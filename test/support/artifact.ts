@@ -17,6 +17,7 @@ import { type Digest, digestHex } from '../../common/digest.ts';
 import { type BlobRef, type Manifest, decodeManifest, manifestBlobs, schema1 } from '../../common/manifest.ts';
 import { writeGraphSample } from '../../tools/sample/graph-sample.ts';
 import { REPO_ROOT } from './paths.ts';
+import { writeTag } from './tag.ts';
 
 const run = promisify(execFile);
 
@@ -86,8 +87,7 @@ async function buildOnce(options: { shardSize: number; name: string; tag: string
     const fingerprint = (
       await fuseload(['build', '--base', join(sourceDir, 'model.onnx'), '--name', options.name, '--out', out, '--shard-size', String(options.shardSize)], env)
     ).trim();
-    await mkdir(join(out, 'tags', options.name), { recursive: true });
-    await writeFile(join(out, 'tags', options.name, `${options.tag}.json`), JSON.stringify({ manifest: fingerprint }));
+    await writeTag(out, options.name, fingerprint, options.tag);
     await rm(join(work, 'store'), { recursive: true, force: true });
     await writeFile(join(work, 'done'), fingerprint);
     try {

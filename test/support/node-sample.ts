@@ -2,12 +2,11 @@
  * The graph sample (tools/sample/graph-sample.ts) built into an artifact by the real build
  * tool, with a `latest` tag, for the Node runtime's tests and bench.
  */
-import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { Digest } from '../../common/digest.ts';
-import { tagKey } from '../../common/keys.ts';
 import { build } from '../../tools/build/build.ts';
 import { writeGraphSample } from '../../tools/sample/graph-sample.ts';
+import { writeTag } from './tag.ts';
 
 export interface BuiltSample {
   dir: string;
@@ -31,8 +30,6 @@ export async function buildSampleArtifact(
     out: dir,
     store: null,
   });
-  const tag = join(dir, tagKey(name, options.tag ?? 'latest'));
-  await mkdir(join(tag, '..'), { recursive: true });
-  await writeFile(tag, JSON.stringify({ manifest: report.fingerprint }));
+  await writeTag(dir, name, report.fingerprint, options.tag);
   return { dir, fingerprint: report.fingerprint, graph: report.graph.digest };
 }

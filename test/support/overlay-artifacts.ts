@@ -4,16 +4,16 @@
  * and one LoRA-merged artifact per case — `fuseload build` with the same LoRAs and scales,
  * the numbers an overlay must reproduce.
  */
-import { copyFile, mkdir, mkdtemp, readFile, writeFile } from 'node:fs/promises';
+import { copyFile, mkdtemp, readFile, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { type Digest, digestHex, sha256 } from '../../common/digest.ts';
-import { tagKey } from '../../common/keys.ts';
 import { decodeManifest, type Manifest, schema1 } from '../../common/manifest.ts';
 import type { LoraOverlay } from '../../common/pipeline.ts';
 import { encodeSafetensors } from '../../common/safetensors.ts';
 import { build } from '../../tools/build/build.ts';
 import { SAMPLE_CHANNELS, writeGraphSample } from '../../tools/sample/graph-sample.ts';
+import { writeTag } from './tag.ts';
 
 export const SHARD_SIZE = 16 * 1024;
 export const LORA_FILES = ['warm', 'cool', 'detail', 'misfit'] as const;
@@ -66,9 +66,7 @@ function misfitLora(): Uint8Array {
 async function buildInto(out: string, base: string, loras: { path: string; scale: number }[]): Promise<BuiltArtifact> {
   const report = await build({ base, loras, name: 'sample', out, store: null, shardSize: SHARD_SIZE });
   const manifest = schema1(await decodeManifest(new Uint8Array(await readFile(report.manifest)), 'test', report.fingerprint));
-  const tag = join(out, tagKey('sample', 'latest'));
-  await mkdir(join(tag, '..'), { recursive: true });
-  await writeFile(tag, JSON.stringify({ manifest: report.fingerprint }));
+  await writeTag(out, 'sample', report.fingerprint);
   return { dir: out, fingerprint: report.fingerprint, manifest, graphFile: join(out, 'blobs', 'sha256', digestHex(manifest.graph.digest)) };
 }
 

@@ -4,11 +4,11 @@
  * extra UNet variants are for the unit tests), so a diffusers layout of it is made first.
  * A `dir` in the diffusers ONNX layout (tools/sample/pipeline) is built as it is.
  */
-import { cp, mkdir, mkdtemp, readFile, writeFile } from 'node:fs/promises';
+import { cp, mkdtemp, readFile, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { tagKey } from '../../common/keys.ts';
 import { build } from '../../tools/build/build.ts';
+import { writeTag } from './tag.ts';
 
 export const TINY_SD = new URL('../fixtures/generate/tiny-sd/', import.meta.url).pathname;
 
@@ -40,8 +40,7 @@ export async function tinySdArtifact(options: { source?: string; model?: string;
   }
   const dir = join(work, 'origin');
   const report = await build({ base, name: model, out: dir, store: null });
-  await mkdir(join(dir, 'tags', model), { recursive: true });
-  await writeFile(join(dir, tagKey(model, 'latest')), JSON.stringify({ manifest: report.fingerprint }));
+  await writeTag(dir, model, report.fingerprint);
   return { dir, model, fingerprint: report.fingerprint };
 }
 
