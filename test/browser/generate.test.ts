@@ -15,7 +15,7 @@ import { createNodeRuntime } from '../../tools/runtime/index.ts';
 import { launchChromium } from '../support/chromium.ts';
 import { type Origin, startOrigin } from '../support/origin.ts';
 import { tinySdArtifact, tinySdReference, type TinySdArtifact } from '../support/tiny-sd-artifact.ts';
-import { PAGE_PATHS, buildPages } from '../support/web-pages.ts';
+import { buildPages, openHarness } from '../support/web-pages.ts';
 import type { HarnessLoad, HarnessResult } from './harness/harness.ts';
 
 type Options = NonNullable<HarnessLoad['generate']>;
@@ -66,11 +66,7 @@ afterAll(async () => {
 });
 
 async function openPage(): Promise<Page> {
-  const context = await browser.newContext();
-  const page = await context.newPage();
-  await page.goto(`${site.url}/${PAGE_PATHS.harness}`);
-  await page.waitForFunction(() => document.title === 'harness ready');
-  return page;
+  return openHarness(await browser.newContext(), site.url);
 }
 
 async function load(page: Page, options: Partial<HarnessLoad>): Promise<HarnessResult> {

@@ -11,7 +11,7 @@ import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { type SampleArtifact, sampleArtifact } from '../support/artifact.ts';
 import { launchChromium } from '../support/chromium.ts';
 import { type Origin, startOrigin } from '../support/origin.ts';
-import { PAGE_PATHS, buildPages } from '../support/web-pages.ts';
+import { buildPages, openHarness } from '../support/web-pages.ts';
 import type { HarnessLoad, HarnessResult } from './harness/harness.ts';
 
 const RUN = { seed: 7, width: 32, height: 32 };
@@ -37,11 +37,7 @@ afterAll(async () => {
 });
 
 async function openPage(): Promise<Page> {
-  const context = await browser.newContext();
-  const page = await context.newPage();
-  await page.goto(`${site.url}/${PAGE_PATHS.harness}`);
-  await page.waitForFunction(() => document.title === 'harness ready');
-  return page;
+  return openHarness(await browser.newContext(), site.url);
 }
 
 async function load(page: Page, options: Partial<HarnessLoad> = {}): Promise<HarnessResult & Required<Pick<HarnessResult, 'info' | 'output'>>> {

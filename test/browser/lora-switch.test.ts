@@ -15,7 +15,7 @@ import { launchChromium } from '../support/chromium.ts';
 import { type TinySdLora, tinySdWithLora } from '../support/lora-switch-artifacts.ts';
 import { type Origin, startOrigin } from '../support/origin.ts';
 import { CASES, maxAbsDiff, type OverlayArtifacts, overlayArtifacts } from '../support/overlay-artifacts.ts';
-import { PAGE_PATHS, buildPages } from '../support/web-pages.ts';
+import { buildPages, openHarness } from '../support/web-pages.ts';
 import type { SwitchOpen, SwitchRun, SwitchState } from './harness/lora-switch.ts';
 
 const RUN: SwitchRun = { sample: { seed: 7, width: 32, height: 32 } };
@@ -51,11 +51,7 @@ afterAll(async () => {
 });
 
 async function openPage(): Promise<Page> {
-  const context = await browser.newContext();
-  const page = await context.newPage();
-  await page.goto(site.url + PAGE_PATHS.harness);
-  await page.waitForFunction(() => document.title === 'harness ready');
-  return page;
+  return openHarness(await browser.newContext(), site.url);
 }
 
 const call = {

@@ -10,7 +10,7 @@ import { digestHex } from '../../common/digest.ts';
 import { launchChromium } from '../support/chromium.ts';
 import { type Origin, startOrigin } from '../support/origin.ts';
 import { CASES, maxAbsDiff, type OverlayArtifacts, overlayArtifacts } from '../support/overlay-artifacts.ts';
-import { PAGE_PATHS, buildPages } from '../support/web-pages.ts';
+import { buildPages, openHarness } from '../support/web-pages.ts';
 import type { HarnessLoad, HarnessResult } from './harness/harness.ts';
 
 const RUN = { seed: 7, width: 32, height: 32 };
@@ -45,10 +45,7 @@ afterAll(async () => {
 async function openPage(): Promise<Page> {
   const context = await browser.newContext();
   contexts.push(context);
-  const page = await context.newPage();
-  await page.goto(site.url + PAGE_PATHS.harness);
-  await page.waitForFunction(() => document.title === 'harness ready');
-  return page;
+  return openHarness(context, site.url);
 }
 
 async function load(page: Page, options: Partial<HarnessLoad>): Promise<HarnessResult & Required<Pick<HarnessResult, 'info' | 'output'>>> {

@@ -6,12 +6,12 @@
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type { Browser, Page } from 'playwright-core';
+import type { Browser } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { build } from '../../tools/build/build.ts';
 import { launchChromium } from '../support/chromium.ts';
 import { type Origin, startOrigin } from '../support/origin.ts';
-import { PAGE_PATHS, buildPages } from '../support/web-pages.ts';
+import { buildPages, openHarness } from '../support/web-pages.ts';
 import type { HarnessLoad, HarnessResult } from './harness/harness.ts';
 import { writeTag } from '../support/tag.ts';
 
@@ -70,9 +70,7 @@ afterAll(async () => {
 
 async function load(options: Partial<HarnessLoad>): Promise<HarnessResult & { ok: true }> {
   const context = await browser.newContext();
-  const page: Page = await context.newPage();
-  await page.goto(`${site.url}/${PAGE_PATHS.harness}`);
-  await page.waitForFunction(() => document.title === 'harness ready');
+  const page = await openHarness(context, site.url);
   const result = await page.evaluate((o) => window.harness.load(o), { origin: origin.url, model: 'sd-tiny', tag: 'latest', components: feeds, ...options } as HarnessLoad);
   await context.close();
   if (!result.ok) throw new Error(`load failed: ${result.error?.message}`);

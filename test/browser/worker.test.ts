@@ -14,7 +14,7 @@ import { type SampleArtifact, sampleArtifact } from '../support/artifact.ts';
 import { launchChromium } from '../support/chromium.ts';
 import { type Origin, startOrigin } from '../support/origin.ts';
 import { tinySdArtifact, type TinySdArtifact } from '../support/tiny-sd-artifact.ts';
-import { PAGE_PATHS, buildPages } from '../support/web-pages.ts';
+import { buildPages, openHarness } from '../support/web-pages.ts';
 import type { HarnessLoad, HarnessResult } from './harness/harness.ts';
 import type { WorkerHarnessLoad, WorkerHarnessResult } from './harness/worker-harness.ts';
 
@@ -50,11 +50,7 @@ afterAll(async () => {
 });
 
 async function openPage(): Promise<Page> {
-  const context = await browser.newContext();
-  const page = await context.newPage();
-  await page.goto(`${site.url}/${PAGE_PATHS.harness}`);
-  await page.waitForFunction(() => document.title === 'harness ready');
-  return page;
+  return openHarness(await browser.newContext(), site.url);
 }
 
 const inWorker = (page: Page, o: WorkerHarnessLoad): Promise<WorkerHarnessResult> => page.evaluate((o) => window.workerHarness.load(o), o);

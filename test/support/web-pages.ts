@@ -7,6 +7,7 @@ import { mkdtemp } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { REPO_ROOT } from './paths.ts';
+import type { BrowserContext, Page } from 'playwright-core';
 import { build } from 'vite';
 
 export { REPO_ROOT } from './paths.ts';
@@ -26,4 +27,12 @@ export async function buildPages(pages: string[] = ['harness']): Promise<string>
     build: { outDir, emptyOutDir: true, rollupOptions: { input } },
   });
   return outDir;
+}
+
+/** A new page in `context` on the built harness at `siteUrl`, once the harness says it is ready. */
+export async function openHarness(context: BrowserContext, siteUrl: string): Promise<Page> {
+  const page = await context.newPage();
+  await page.goto(siteUrl + PAGE_PATHS.harness);
+  await page.waitForFunction(() => document.title === 'harness ready');
+  return page;
 }
