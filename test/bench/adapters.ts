@@ -11,14 +11,12 @@
  * Last line: `BENCH adapters loha_ratio=<r> lokr_ratio=<r> …`, for tabulating.
  */
 import { spawnSync } from 'node:child_process';
-import { randomFillSync } from 'node:crypto';
-import { mkdtemp, open, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { f32ToF16 } from '../../common/lora/dtype.ts';
 import { encodeSafetensors, type SafetensorsInput } from '../../common/safetensors.ts';
-import { GraphBuilder } from '../../tools/onnx/builder.ts';
-import { DTYPE_CODES, encodeModel, setExternal } from '../../tools/onnx/model.ts';
+import { writeMatMulBase } from '../support/bench-models.ts';
 
 const args = process.argv.slice(2);
 const arg = (name: string, fallback: number) => (args.includes(name) ? Number(args[args.indexOf(name) + 1]) || fallback : fallback);
@@ -43,23 +41,7 @@ function factor(n: number, seed: number): Uint16Array {
 
 try {
   // Base: LAYERS MatMul layers [HIDDEN, HIDDEN] fp16, weights in one external file.
-  const g = new GraphBuilder();
-  let x = g.input('x', { dtype: 'float16', dims: [1, HIDDEN] });
-  const data = await open(join(dir, 'base.weights'), 'w');
-  const chunk = new Uint16Array(HIDDEN * HIDDEN);
-  for (let i = 0; i < LAYERS; i++) {
-    randomFillSync(chunk);
-    for (let j = 0; j < chunk.length; j++) chunk[j] &= 0xa7ff; // finite, |w| < 0.5
-    await data.write(new Uint8Array(chunk.buffer));
-    const name = `onnx::MatMul_${1000 + i}`;
-    g.initializers.push({ name, dims: [HIDDEN, HIDDEN], dataType: DTYPE_CODES.float16 });
-    setExternal(g.initializers[i], { location: 'base.weights', offset: i * TENSOR_BYTES, length: TENSOR_BYTES });
-    x = g.op('MatMul', [x, name], {}, `/layers.${i}/mlp/proj/MatMul`);
-  }
-  await data.close();
-  g.rename(x, 'y');
-  g.output('y', { dtype: 'float16', dims: [1, HIDDEN] });
-  await writeFile(join(dir, 'base.onnx'), encodeModel(g.model()));
+  await writeMatMulBase(dir, LAYERS, HIDDEN);
 
   // Three adapters of rank RANK on every layer, kohya keys, fp16 factors.
   const files: Record<'lora' | 'loha' | 'lokr', Record<string, SafetensorsInput>> = { lora: {}, loha: {}, lokr: {} };

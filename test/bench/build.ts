@@ -9,14 +9,12 @@
  * Last line: `BENCH build ratio=<r> rss_mib=<m> …`, for tabulating.
  */
 import { execFileSync, spawnSync } from 'node:child_process';
-import { randomFillSync } from 'node:crypto';
-import { mkdtemp, open, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { encodeSafetensors, type SafetensorsInput } from '../../common/safetensors.ts';
 import { f32ToF16 } from '../../common/lora/dtype.ts';
-import { GraphBuilder } from '../../tools/onnx/builder.ts';
-import { DTYPE_CODES, encodeModel, setExternal } from '../../tools/onnx/model.ts';
+import { writeMatMulBase } from '../support/bench-models.ts';
 
 const args = process.argv.slice(2);
 const gib = Number(args[args.indexOf('--gib') + 1] ?? 1) || 1;
@@ -37,23 +35,7 @@ function seconds(fn: () => void): number {
 
 try {
   // Base: LAYERS MatMul layers [HIDDEN, HIDDEN] fp16, weights in one external file.
-  const g = new GraphBuilder();
-  let x = g.input('x', { dtype: 'float16', dims: [1, HIDDEN] });
-  const data = await open(join(dir, 'base.weights'), 'w');
-  const chunk = new Uint16Array(HIDDEN * HIDDEN);
-  for (let i = 0; i < LAYERS; i++) {
-    randomFillSync(chunk);
-    for (let j = 0; j < chunk.length; j++) chunk[j] &= 0xa7ff; // finite, |w| < 0.5
-    await data.write(new Uint8Array(chunk.buffer));
-    const name = `onnx::MatMul_${1000 + i}`;
-    g.initializers.push({ name, dims: [HIDDEN, HIDDEN], dataType: DTYPE_CODES.float16 });
-    setExternal(g.initializers[i], { location: 'base.weights', offset: i * TENSOR_BYTES, length: TENSOR_BYTES });
-    x = g.op('MatMul', [x, name], {}, `/layers.${i}/mlp/proj/MatMul`);
-  }
-  await data.close();
-  g.rename(x, 'y');
-  g.output('y', { dtype: 'float16', dims: [1, HIDDEN] });
-  await writeFile(join(dir, 'base.onnx'), encodeModel(g.model()));
+  await writeMatMulBase(dir, LAYERS, HIDDEN);
 
   // LoRA: rank 16 on every layer, kohya keys, fp16.
   const lora: Record<string, SafetensorsInput> = {};
