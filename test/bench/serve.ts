@@ -102,6 +102,13 @@ const graphBody: Body = (client, i) => ({ model: 'bench', seed: client * 100_000
 /** The trained text-to-image sample (tools/sample/pipeline): 20 Euler steps at its native 64². */
 const sampleBody: Body = (client, i) => ({ model: 'sample', prompt: 'a red circle on a blue background', seed: client * 100_000 + i, steps: 20, width: 64, height: 64 });
 
+/** One POST /v1/generate, its body read to the end; the status. */
+async function generate(url: string, body: Record<string, unknown>): Promise<number> {
+  const res = await fetch(`${url}/v1/generate`, { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify(body) });
+  await res.arrayBuffer();
+  return res.status;
+}
+
 /** `n` clients, each posting as soon as its last answer is in, for `ms`. */
 async function load(url: string, n: number, ms: number, body: Body = graphBody): Promise<RunResult> {
   const latencies: number[] = [];
@@ -112,13 +119,8 @@ async function load(url: string, n: number, ms: number, body: Body = graphBody):
     Array.from({ length: n }, async (_, client) => {
       for (let i = 0; performance.now() < until; i++) {
         const t = performance.now();
-        const res = await fetch(`${url}/v1/generate`, {
-          method: 'POST',
-          headers: { 'Content-Type': 'application/json' },
-          body: JSON.stringify(body(client, i)),
-        });
-        await res.arrayBuffer();
-        if (res.status === 200) latencies.push(performance.now() - t);
+        const status = await generate(url, body(client, i));
+        if (status === 200) latencies.push(performance.now() - t);
         else failures++;
       }
     }),
@@ -143,13 +145,8 @@ async function flood(url: string, pid: number, n: number, side: number) {
   const started = performance.now();
   await Promise.all(
     Array.from({ length: n }, async (_, i) => {
-      const res = await fetch(`${url}/v1/generate`, {
-        method: 'POST',
-        headers: { 'Content-Type': 'application/json' },
-        body: JSON.stringify({ model: 'bench', seed: 900_000 + i, width: side, height: side }),
-      });
-      await res.arrayBuffer();
-      statuses.set(res.status, (statuses.get(res.status) ?? 0) + 1);
+      const status = await generate(url, { model: 'bench', seed: 900_000 + i, width: side, height: side });
+      statuses.set(status, (statuses.get(status) ?? 0) + 1);
     }),
   );
   const seconds = (performance.now() - started) / 1000;
