@@ -4,6 +4,7 @@
  * here, each runtime supplies an Engine and a BlobStore behind it.
  */
 import type { Digest } from './digest.ts';
+import { FuseloadError } from './errors.ts';
 import type { AnyManifest, PipelineKind, Role } from './manifest.ts';
 import type { DeviceSession } from './generate/device/types.ts';
 import type { GenerateOptions, GenerateResult } from './generate/text-to-image.ts';
@@ -125,10 +126,19 @@ export interface Pipeline {
   dispose(): Promise<void>;
 }
 
-/** External data as onnxruntime takes it: `path` is the bare hex the graph's `location` names. */
+/**
+ * External data as onnxruntime takes it: `path` is the bare hex the graph's `location` names.
+ * `data` is a Blob only for an engine with `externalDataBlobs` (a stored shard's handle, unread).
+ */
 export interface ExternalDataFile {
   path: string;
-  data: Uint8Array;
+  data: Uint8Array | Blob;
+}
+
+/** The bytes of external data, for code that reads them (LoRA merges, engines without `externalDataBlobs`). */
+export function externalBytes(file: ExternalDataFile): Uint8Array {
+  if (file.data instanceof Uint8Array) return file.data;
+  throw new FuseloadError('engine', `external data ${file.path}: a Blob handle where its bytes were needed (only an engine with externalDataBlobs takes one)`);
 }
 
 export interface EngineSession {
@@ -164,6 +174,12 @@ export interface Engine {
   weightFeeding?(provider: Provider): WeightFeeding | null;
   /** The providers `device` stands for, in the order they are tried. */
   providers(device: Device): Provider[];
+  /**
+   * True when `create` takes external data as a Blob and reads it a tensor at a time (onnxruntime-web's
+   * JSPI build): the loader then hands over stored weight shards as the store's handles, unread, and
+   * downloads them into Blobs (docs/architecture.md, "Large pipelines and onnxruntime-web").
+   */
+  readonly externalDataBlobs?: boolean;
   create(
     graph: Uint8Array,
     externalData: ExternalDataFile[],

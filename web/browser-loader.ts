@@ -11,11 +11,13 @@ import { createOrtEngine } from './ort-engine.ts';
 import type { OffThreadHasher } from '../common/loader/blobs.ts';
 import { createWorkerHasher } from './worker-hasher.ts';
 
+
 /** The browser's memory tier, by default: small pipelines stay whole, a large one is not held twice. */
 export const DEFAULT_MEMORY_BUDGET_BYTES = 256 * 1024 * 1024;
 
 /** One pool of hashing workers per page or worker, shared by its loaders (made on the first loader). */
 let hasher: OffThreadHasher | undefined | null = null;
+
 
 export interface BrowserLoaderOptions {
   /** IndexedDB database name (default `fuseload`). */
@@ -45,6 +47,12 @@ export interface BrowserLoaderOptions {
   hashInWorkers?: boolean;
   /** The engine (default onnxruntime-web's, `createOrtEngine({ wasmPaths })`); the worker wraps that one. */
   engine?: Engine;
+  /**
+   * Downloads an engine reads as Blobs go into files of the Origin Private File System, which become
+   * their IndexedDB records (default true; web/blob-files.ts): a cold load's shards are then in no
+   * process's memory. False gathers them into Blobs in memory, which Chromium keeps in the browser process.
+   */
+  filesOnDisk?: boolean;
 }
 
 export interface BrowserLoader extends Loader {
@@ -52,7 +60,7 @@ export interface BrowserLoader extends Loader {
 }
 
 export function createBrowserLoader(options: BrowserLoaderOptions = {}): BrowserLoader {
-  const store = new IdbStore({ dbName: options.dbName, budgetBytes: options.budgetBytes });
+  const store = new IdbStore({ dbName: options.dbName, budgetBytes: options.budgetBytes, filesOnDisk: options.filesOnDisk });
   const loader = createLoader({
     engine: options.engine ?? createOrtEngine({ wasmPaths: options.wasmPaths }),
     store,

@@ -19,12 +19,15 @@ import { createStore, delMany, get, promisifyRequest, setMany, type UseStore } f
 import type { Digest } from '../common/digest.ts';
 import { FuseloadError } from '../common/errors.ts';
 import type { BlobStore } from '../common/store.ts';
+import { BlobFiles, type FileSink } from './blob-files.ts';
 
 export interface IdbStoreOptions {
   /** IndexedDB database name (default `fuseload`). */
   dbName?: string;
   /** Bytes this store may hold; least recently used blobs go first (default: no budget, only the browser's quota). */
   budgetBytes?: number;
+  /** Downloads the loader hands on as Blobs are written to OPFS files that become their records (default true where the browser has OPFS; web/blob-files.ts). */
+  filesOnDisk?: boolean;
 }
 
 export interface CachedBlob {
@@ -62,9 +65,35 @@ export class IdbStore implements BlobStore {
   readonly #touched = new Map<Digest, number>();
   #touchTimer: ReturnType<typeof setTimeout> | undefined;
 
+  /** The OPFS files that back records of downloads (web/blob-files.ts); null without OPFS or when turned off. */
+  readonly #files: BlobFiles | null;
+  #swept: Promise<unknown> | null = null;
+
   constructor(options: IdbStoreOptions = {}) {
-    this.#db = createStore(options.dbName ?? 'fuseload', 'blobs');
+    const dbName = options.dbName ?? 'fuseload';
+    this.#db = createStore(dbName, 'blobs');
     this.budgetBytes = options.budgetBytes ?? Number.POSITIVE_INFINITY;
+    this.#files = options.filesOnDisk !== false && BlobFiles.available() ? new BlobFiles(`${dbName}.files`) : null;
+  }
+
+  /**
+   * A file on disk to download `digest` into (blobs.ts, for shards the engine reads as Blobs): its
+   * `File`, given to `putBlob`, becomes the record's bytes. Null where there is no OPFS. The first
+   * call also removes files that loads which died left behind.
+   */
+  /** Keeps `digest`'s file (if its record is one) until the returned function is called, even if the record is deleted meanwhile. */
+  hold(digest: Digest): () => Promise<void> {
+    return this.#files?.hold(digest) ?? (async () => {});
+  }
+
+  async fileSink(digest: Digest, size: number): Promise<FileSink | null> {
+    if (!this.#files) return null;
+    this.#swept ??= this.#files.sweep((d) => this.has(d)).catch(() => 0);
+    // Not where the origin's quota cannot take it (the file and, for a moment, IndexedDB's view of it):
+    // the download then goes to memory, and a full quota is met where the loader handles it (`put`).
+    const { quota, usage } = await navigator.storage.estimate().catch(() => ({ quota: undefined, usage: undefined }));
+    if (quota !== undefined && usage !== undefined && quota - usage < 2 * size) return null;
+    return this.#files.sink(digest, size).catch(() => null);
   }
 
   async has(digest: Digest): Promise<boolean> {
@@ -119,24 +148,33 @@ export class IdbStore implements BlobStore {
   }
 
   put(digest: Digest, bytes: Uint8Array): Promise<void> {
-    const next = this.#writes.then(() => this.#put(digest, bytes));
+    // A Blob holds exactly the view's bytes (never the rest of its buffer), copied once, here.
+    return this.putBlob(digest, new Blob([bytes as Uint8Array<ArrayBuffer>]));
+  }
+
+  /** `put` of bytes already in a Blob (a download the loader handed on as one): stored as it is, not copied here. */
+  putBlob(digest: Digest, blob: Blob): Promise<void> {
+    // A File (a download written to disk, web/blob-files.ts) is kept as a plain Blob of its bytes: a
+    // slice, not a copy; IndexedDB keeps it by reference, so the file is the record's bytes from now on.
+    const file = blob instanceof File;
+    const record = file ? blob.slice(0, blob.size) : blob;
+    const next = this.#writes.then(() => this.#put(digest, record)).then(() => void (file && this.#files?.recorded(digest)));
     this.#writes = next.catch(() => {});
     return next;
   }
 
-  async #put(digest: Digest, bytes: Uint8Array): Promise<void> {
-    if (bytes.byteLength > this.budgetBytes) {
-      throw new FuseloadError('quota', `blob ${digest}: ${bytes.byteLength} bytes is more than the cache budget of ${this.budgetBytes}`);
+  async #put(digest: Digest, record: Blob): Promise<void> {
+    const size = record.size;
+    if (size > this.budgetBytes) {
+      throw new FuseloadError('quota', `blob ${digest}: ${size} bytes is more than the cache budget of ${this.budgetBytes}`);
     }
     await this.#writeTouches().catch(() => {}); // eviction below must see the latest reads
-    // A Blob holds exactly the view's bytes (never the rest of its buffer), copied once, here.
-    const record = new Blob([bytes as Uint8Array<ArrayBuffer>]);
-    await this.#evict(digest, (await this.#usedBytes(digest)) + bytes.byteLength - this.budgetBytes);
+    await this.#evict(digest, (await this.#usedBytes(digest)) + size - this.budgetBytes);
     const write = () =>
       setMany(
         [
           [BLOB + digest, record],
-          [META + digest, { size: bytes.byteLength, lastUsed: Date.now() } satisfies BlobMeta],
+          [META + digest, { size, lastUsed: Date.now() } satisfies BlobMeta],
         ],
         this.#db,
       );
@@ -145,7 +183,7 @@ export class IdbStore implements BlobStore {
     } catch (e) {
       if (!isQuotaError(e)) throw e;
       // The origin's quota is full: make room from the least recently used blobs, then try once more.
-      const freed = await this.#evict(digest, bytes.byteLength);
+      const freed = await this.#evict(digest, size);
       try {
         if (freed === 0) throw e;
         await write();
@@ -158,6 +196,7 @@ export class IdbStore implements BlobStore {
 
   async delete(digest: Digest): Promise<void> {
     await delMany([BLOB + digest, META + digest], this.#db);
+    await this.#files?.remove(digest);
   }
 
   async *entries(): AsyncIterable<CachedBlob> {
@@ -176,6 +215,7 @@ export class IdbStore implements BlobStore {
       store.clear();
       return promisifyRequest(store.transaction);
     });
+    await this.#files?.clear();
   }
 
   async #metas(): Promise<CachedBlob[]> {

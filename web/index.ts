@@ -15,7 +15,7 @@ import type { CacheInfo } from './idb-store.ts';
 export { type BrowserLoader, type BrowserLoaderOptions, createBrowserLoader } from './browser-loader.ts';
 export type { CacheInfo, CachedBlob } from './idb-store.ts';
 export { IdbStore } from './idb-store.ts';
-export { createOrtEngine, webgpuAdapter, type WebGpuAdapterReport } from './ort-engine.ts';
+export { createOrtEngine, hasJspi, type OrtBuild, type OrtEngine, type OrtEngineOptions, webgpuAdapter, type WebGpuAdapterReport } from './ort-engine.ts';
 export { withWebLock } from './locks.ts';
 export { createWorkerLoader, type WorkerLoader, type WorkerLoaderOptions } from './worker-client.ts';
 export type * from '../common/pipeline.ts';

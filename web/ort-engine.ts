@@ -1,15 +1,56 @@
 /**
- * The browser Engine: onnxruntime-web's WebGPU build, which also carries the WASM (CPU)
- * provider. `auto` tries WebGPU, then WASM; the loader records why WebGPU was passed over.
- * ORT's .wasm/.mjs come from our own origin (`wasmPaths`), never a CDN.
+ * The browser Engine: onnxruntime-web with its WebGPU and WASM (CPU) providers. `auto` tries
+ * WebGPU, then WASM; the loader records why WebGPU was passed over. ORT's .wasm/.mjs come from
+ * our own origin (`wasmPaths`), never a CDN.
+ *
+ * Which ORT build (docs/architecture.md, "Large pipelines and onnxruntime-web"): the JSPI one where
+ * the browser has JavaScript Promise Integration (`WebAssembly.Suspending`, Chromium 137+), else the
+ * asyncify one. Both carry the same providers; the JSPI build also takes external data as a `Blob`
+ * and reads it one tensor at a time, so the loader hands it stored shards as IndexedDB handles
+ * (`externalDataBlobs`) and a 2 GiB UNet is never whole in JavaScript beside ORT's own copy.
  */
-import * as ort from 'onnxruntime-web/webgpu';
+import type * as Ort from 'onnxruntime-web/webgpu';
 import { type DeviceFeeds, type DeviceSessionLike, type DeviceTensor, isDeviceTensor, type SessionDevice } from '../common/generate/device/types.ts';
 import type { Device, Engine, EngineSession, ExternalDataFile, Feeds, Provider, TensorLike, WeightFeeding } from '../common/pipeline.ts';
+
+type OrtModule = typeof Ort;
+
+/** onnxruntime-web's builds this engine loads: `jspi` where the browser has JSPI, else `asyncify`. */
+export type OrtBuild = 'jspi' | 'asyncify';
 
 export interface OrtEngineOptions {
   /** URL prefix where ORT's runtime files are served (default `<page origin>/ort/`, `fuseload/vite`, web/vite-plugin-ort.ts). */
   wasmPaths?: string;
+  /** The ORT build (default `jspi` where `WebAssembly.Suspending` exists, else `asyncify`). */
+  build?: OrtBuild;
+}
+
+/** Whether this browser has JavaScript Promise Integration, which the JSPI build needs. */
+export const hasJspi = (): boolean => typeof (WebAssembly as { Suspending?: unknown }).Suspending === 'function';
+
+interface LoadedOrt {
+  ort: OrtModule;
+  webgpu: WebGpuDevice;
+}
+
+/** Each build once per page or worker: ORT initializes its WASM once, with the first session's `env`. */
+const builds = new Map<OrtBuild, Promise<LoadedOrt>>();
+
+function loadOrt(build: OrtBuild, wasmPaths: string): Promise<LoadedOrt> {
+  let loaded = builds.get(build);
+  if (!loaded) {
+    loaded = (build === 'jspi' ? import('onnxruntime-web/jspi') : import('onnxruntime-web/webgpu')).then((ort: OrtModule) => {
+      ort.env.wasm.wasmPaths = wasmPaths;
+      // Threads need SharedArrayBuffer, which only a cross-origin isolated page has.
+      ort.env.wasm.numThreads = globalThis.crossOriginIsolated ? Math.min(4, navigator.hardwareConcurrency || 1) : 1;
+      ort.env.wasm.proxy = false;
+      ort.env.logLevel = 'error';
+      return { ort, webgpu: new WebGpuDevice(ort) };
+    });
+    builds.set(build, loaded);
+    loaded.catch(() => builds.delete(build));
+  }
+  return loaded;
 }
 
 export interface WebGpuAdapterReport {
@@ -62,14 +103,19 @@ function probeAdapter() {
   return adapterReport;
 }
 
-export function createOrtEngine(options: OrtEngineOptions = {}): Engine {
-  ort.env.wasm.wasmPaths = options.wasmPaths ?? new URL('/ort/', globalThis.location?.href).href;
-  // Threads need SharedArrayBuffer, which only a cross-origin isolated page has.
-  ort.env.wasm.numThreads = globalThis.crossOriginIsolated ? Math.min(4, navigator.hardwareConcurrency || 1) : 1;
-  ort.env.wasm.proxy = false;
-  ort.env.logLevel = 'error';
+export interface OrtEngine extends Engine {
+  /** The ORT build its sessions run on. */
+  readonly build: OrtBuild;
+}
+
+export function createOrtEngine(options: OrtEngineOptions = {}): OrtEngine {
+  const wasmPaths = options.wasmPaths ?? new URL('/ort/', globalThis.location?.href).href;
+  const build = options.build ?? (hasJspi() ? 'jspi' : 'asyncify');
+  if (build === 'jspi' && !hasJspi()) throw new Error("onnxruntime-web's JSPI build needs WebAssembly.Suspending, which this browser lacks");
 
   return {
+    build,
+    externalDataBlobs: build === 'jspi',
     providers(device: Device): Provider[] {
       if (device === 'auto') return ['webgpu', 'wasm'];
       if (device === 'webgpu' || device === 'wasm') return [device];
@@ -77,6 +123,7 @@ export function createOrtEngine(options: OrtEngineOptions = {}): Engine {
     },
     weightFeeding: loraWeightFeeding,
     async create(graph: Uint8Array, externalData: ExternalDataFile[], provider: Provider, device?: Device): Promise<EngineSession> {
+      const { ort, webgpu } = await loadOrt(build, wasmPaths);
       if (provider === 'webgpu') {
         const { report, adapter } = await probeAdapter();
         if (!adapter) throw new Error(`WebGPU unavailable: ${report.reason}`);
@@ -87,7 +134,7 @@ export function createOrtEngine(options: OrtEngineOptions = {}): Engine {
         // Hand ORT the adapter we probed so it does not pick another one.
         (ort.env.webgpu as { adapter?: unknown }).adapter = adapter;
       }
-      const options: ort.InferenceSession.SessionOptions = {
+      const options: Ort.InferenceSession.SessionOptions = {
         executionProviders: [provider],
         externalData: externalData.map((f) => ({ path: f.path, data: f.data })),
         graphOptimizationLevel: 'all',
@@ -98,7 +145,7 @@ export function createOrtEngine(options: OrtEngineOptions = {}): Engine {
       return {
         ...sessionMetadata(session),
         async run(feeds: Feeds): Promise<Feeds> {
-          const outputs = await session.run(toOrtFeeds(feeds));
+          const outputs = await session.run(toOrtFeeds(ort, feeds));
           return readOutputs(outputs, Object.keys(outputs));
         },
         release: () => session.release(),
@@ -134,9 +181,12 @@ const GPU_TYPES = new Set(['float32', 'float16', 'int32', 'int64', 'uint32', 'ui
 class WebGpuDevice implements SessionDevice {
   readbacks = 0;
   liveTensors = 0;
-  readonly #held = new WeakMap<DeviceTensor, ort.Tensor>();
+  readonly #held = new WeakMap<DeviceTensor, Ort.Tensor>();
 
-  async session(graph: Uint8Array, options: ort.InferenceSession.SessionOptions): Promise<EngineSession & DeviceSessionLike> {
+  constructor(readonly ort: OrtModule) {}
+
+  async session(graph: Uint8Array, options: Ort.InferenceSession.SessionOptions): Promise<EngineSession & DeviceSessionLike> {
+    const { ort } = this;
     let session = await ort.InferenceSession.create(graph, { ...options, preferredOutputLocation: 'gpu-buffer' });
     const cpuOnly = session.outputMetadata.filter((m) => m.isTensor && !GPU_TYPES.has(m.type)).map((m) => m.name);
     if (cpuOnly.length) {
@@ -183,7 +233,7 @@ class WebGpuDevice implements SessionDevice {
     return this.session(graph, { executionProviders: ['webgpu'], graphOptimizationLevel: 'all', logSeverityLevel: 3 });
   }
 
-  #hold(t: ort.Tensor): DeviceTensor {
+  #hold(t: Ort.Tensor): DeviceTensor {
     this.liveTensors++;
     let disposed = false;
     const held: DeviceTensor = {
@@ -201,22 +251,22 @@ class WebGpuDevice implements SessionDevice {
     return held;
   }
 
-  #toOrt(feeds: DeviceFeeds): Record<string, ort.Tensor> {
-    const inputs: Record<string, ort.Tensor> = {};
+  #toOrt(feeds: DeviceFeeds): Record<string, Ort.Tensor> {
+    const inputs: Record<string, Ort.Tensor> = {};
     for (const [name, t] of Object.entries(feeds)) {
       if (isDeviceTensor(t)) {
         const held = this.#held.get(t);
         if (!held) throw new Error(`input "${name}": a device tensor that is not this WebGPU device's`);
         inputs[name] = held;
       } else {
-        inputs[name] = new ort.Tensor(t.type as ort.Tensor.Type, t.data as ort.Tensor.DataType, t.dims);
+        inputs[name] = new this.ort.Tensor(t.type as Ort.Tensor.Type, t.data as Ort.Tensor.DataType, t.dims);
       }
     }
     return inputs;
   }
 
   /** Copies these outputs back (one readback each from the GPU) and releases the rest. */
-  async #read(outputs: ort.InferenceSession.OnnxValueMapType, names: readonly string[]): Promise<Feeds> {
+  async #read(outputs: Ort.InferenceSession.OnnxValueMapType, names: readonly string[]): Promise<Feeds> {
     const result: Feeds = {};
     try {
       // All copies in flight at once: one wait for the GPU, not one per output.
@@ -235,15 +285,13 @@ class WebGpuDevice implements SessionDevice {
   }
 }
 
-const webgpu = new WebGpuDevice();
-
-function toOrtFeeds(feeds: Feeds): Record<string, ort.Tensor> {
-  const inputs: Record<string, ort.Tensor> = {};
-  for (const [name, t] of Object.entries(feeds)) inputs[name] = new ort.Tensor(t.type as ort.Tensor.Type, t.data as ort.Tensor.DataType, t.dims);
+function toOrtFeeds(ort: OrtModule, feeds: Feeds): Record<string, Ort.Tensor> {
+  const inputs: Record<string, Ort.Tensor> = {};
+  for (const [name, t] of Object.entries(feeds)) inputs[name] = new ort.Tensor(t.type as Ort.Tensor.Type, t.data as Ort.Tensor.DataType, t.dims);
   return inputs;
 }
 
-async function readOutputs(outputs: ort.InferenceSession.OnnxValueMapType, names: readonly string[]): Promise<Feeds> {
+async function readOutputs(outputs: Ort.InferenceSession.OnnxValueMapType, names: readonly string[]): Promise<Feeds> {
   const result: Feeds = {};
   for (const name of names) {
     const t = outputs[name];

@@ -8,8 +8,8 @@ import { createRequire } from 'node:module';
 import { dirname, join } from 'node:path';
 import type { Plugin } from 'vite';
 
-/** The runtime onnxruntime-web/webgpu loads (web/ort-engine.ts). */
-const RUNTIME_FILE = /^ort-wasm-simd-threaded\.asyncify\.(wasm|mjs)$/;
+/** The runtimes web/ort-engine.ts loads: the JSPI build where the browser has JSPI, the asyncify one elsewhere. */
+const RUNTIME_FILE = /^ort-wasm-simd-threaded\.(jspi|asyncify)\.(wasm|mjs)$/;
 
 export function ortDistDir(): string {
   // The package's `require` entry sits in dist/, beside the runtime files.

@@ -16,6 +16,8 @@ export interface WorkerInit {
   memoryBudgetBytes?: number;
   wasmPaths?: string;
   concurrency?: number;
+  /** BrowserLoaderOptions.filesOnDisk: downloads too large for the memory tier go to OPFS files (default true). */
+  filesOnDisk?: boolean;
 }
 
 /** A session's metadata, so a proxy can say what it takes without asking the worker. */

@@ -3,7 +3,8 @@
  * the thread that calls it — 100 ms and more for a 64 MiB shard on the bench machine — so the
  * loader's checks run in this thread instead, and never by copying the bytes over:
  *
- * - `blob`: a Blob handle (a stored record, immutable): read here and hashed.
+ * - `blob`: a Blob handle (a stored record or a download gathered into one; immutable): read here,
+ *   into one reused buffer, and hashed.
  * - `start` / `chunks` / `end`: a download as it streams, its chunks moved here (transferred, not
  *   copied) and gathered into one buffer, hashed when the last is in; every batch is acknowledged,
  *   for backpressure.
@@ -40,11 +41,48 @@ function hashInTurn(id: number, bytes: () => Promise<ArrayBuffer | Uint8Array<Ar
   );
 }
 
+/**
+ * One buffer for the Blobs this worker hashes, grown to the largest and let go once the worker has
+ * been idle a while: `blob.arrayBuffer()` would leave a dead shard-sized buffer per blob until this
+ * worker's next garbage collection, and an idle worker runs none for long: a 2 GiB pipeline left
+ * hundreds of MiB of them behind (test/bench/browser-large.ts).
+ */
+let reused: ArrayBuffer | null = null;
+let idle: ReturnType<typeof setTimeout> | undefined;
+const IDLE_MS = 2000;
+
+async function readInto(blob: Blob): Promise<Uint8Array<ArrayBuffer>> {
+  clearTimeout(idle);
+  if (!reused || reused.byteLength < blob.size) {
+    reused = null;
+    reused = new ArrayBuffer(blob.size);
+  }
+  const reader = blob.stream().getReader({ mode: 'byob' });
+  let buffer = reused;
+  reused = null; // a BYOB read detaches the buffer it is given: the one it hands back is kept below
+  let filled = 0;
+  try {
+    while (filled < blob.size) {
+      const { done, value } = await reader.read(new Uint8Array(buffer, filled, blob.size - filled));
+      if (!value) break;
+      buffer = value.buffer;
+      filled += value.byteLength;
+      if (done) break;
+    }
+  } finally {
+    reader.releaseLock();
+  }
+  reused = buffer;
+  idle = setTimeout(() => (reused = null), IDLE_MS);
+  if (filled !== blob.size) throw new Error(`the Blob gave ${filled} of its ${blob.size} bytes`);
+  return new Uint8Array(buffer, 0, filled);
+}
+
 scope.addEventListener('message', (event) => {
   const m = event.data;
   switch (m.op) {
     case 'blob':
-      return hashInTurn(m.id, () => m.blob.arrayBuffer());
+      return hashInTurn(m.id, () => readInto(m.blob));
     case 'start':
       streams.set(m.id, { size: m.size, buffer: null, filled: 0 });
       return;

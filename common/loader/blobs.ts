@@ -20,7 +20,7 @@ import { blobKey } from '../keys.ts';
 import type { BlobRef } from '../manifest.ts';
 import type { CacheSource } from '../pipeline.ts';
 import { type BlobStore, MemoryStore } from '../store.ts';
-import { abortError, downloadBlob, throwIfAborted } from './download.ts';
+import { abortError, downloadAsBlob, downloadBlob, type DownloadSink, memoryBlobSink, throwIfAborted } from './download.ts';
 import { fetchWithDeadline, readBounded, shownUrl } from './bounded-read.ts';
 import type { Progress } from './progress.ts';
 
@@ -54,12 +54,22 @@ export interface OffThreadHasher {
   stream(size: number): StreamHash | null;
 }
 
-/** A store that can hand out a blob as a Blob handle without reading it (IdbStore). */
+/** A store that keeps Blobs and hands them out without reading them (IdbStore). */
 interface HandleStore extends BlobStore {
   getBlob(digest: Digest): Promise<Blob | null>;
+  /** `put`, of bytes already in a Blob (verified, like `put`'s); a File from `fileSink` becomes the record's bytes. */
+  putBlob(digest: Digest, blob: Blob): Promise<void>;
+  /**
+   * A file on disk to download `digest` into (IdbStore over the Origin Private File System,
+   * web/blob-files.ts); `release` once nothing reads it (it stays as a record's bytes after `putBlob`). Null: none here.
+   */
+  fileSink?(digest: Digest, size: number): Promise<(DownloadSink<Blob> & { release(): Promise<void> }) | null>;
+  /** Keeps what backs `digest`'s handle readable until the returned function is called, even if its record is deleted meanwhile. */
+  hold?(digest: Digest): () => Promise<void>;
 }
 
-const hasHandles = (store: BlobStore): store is HandleStore => typeof (store as Partial<HandleStore>).getBlob === 'function';
+const hasHandles = (store: BlobStore): store is HandleStore =>
+  typeof (store as Partial<HandleStore>).getBlob === 'function' && typeof (store as Partial<HandleStore>).putBlob === 'function';
 
 export interface GotBlob {
   bytes: Uint8Array;
@@ -69,9 +79,26 @@ export interface GotBlob {
   verified: Promise<void>;
 }
 
+/** A blob from getBlobs: its bytes, or (`asHandle`) a Blob holding them. */
+export interface GotData extends Omit<GotBlob, 'bytes'> {
+  data: Uint8Array | Blob;
+}
+
 export interface GetOptions {
   /** Which blobs go on before they are hashed, with a `verified` promise (see above). Default none. */
   verifyLater?: (ref: BlobRef) => boolean;
+  /**
+   * Which blobs getBlobs may hand out as a Blob, where the store keeps Blobs (for an engine that reads
+   * external data from one, `Engine.externalDataBlobs`): a stored one is its record's handle, unread
+   * (hashed by the hasher, which reads it itself). Downloads are handles too when these blobs do not
+   * fit the memory tier together (`downloadsAsHandles`, set by getBlobs): gathered into a file on disk
+   * (`fileSink`) or a Blob, hashed from it and stored as it is, never whole in memory here. Blobs that
+   * fit are downloaded as bytes — hashed as they stream and kept in the memory tier for the next load.
+   */
+  asHandle?: (ref: BlobRef) => boolean;
+  downloadsAsHandles?: boolean;
+  /** With asHandle: the caller reads the handles until this settles (its sessions are built); a spooled file is kept until then. */
+  heldUntil?: Promise<unknown>;
   /** With verifyLater: when stored bytes start hashing (getBlobs: once all its blobs are read). Default at once. */
   hashAfter?: Promise<void>;
 }
@@ -138,13 +165,18 @@ export function createBlobSource(o: BlobSourceOptions) {
    * with `verifyLater` beside the caller (the size is always checked first; it costs nothing).
    * Null when missing, unreadable, or (hashed first) corrupt.
    */
-  async function readStore(ref: BlobRef, progress: Progress, options: GetOptions = {}): Promise<{ bytes: Uint8Array; verified: Promise<void> } | null> {
+  async function readStore(ref: BlobRef, progress: Progress, options: GetOptions = {}, asHandle = false): Promise<{ data: Uint8Array | Blob; verified: Promise<void> } | null> {
     const verifyLater = options.verifyLater?.(ref) ?? false;
-    let bytes: Uint8Array | null;
+    let bytes: Uint8Array | null = null;
     // With a hasher and a store of handles, the hasher reads the same (immutable) Blob itself.
     let handle: Blob | null = null;
     try {
-      if (verifyLater && hasher && !store.verifiesReads && hasHandles(store)) {
+      if (asHandle && hasHandles(store)) {
+        // Held from before the read: an eviction by this load's own writes must not pull the file from under the engine.
+        const unhold = store.hold?.(ref.digest);
+        if (unhold) void settled(options.heldUntil).then(unhold);
+        handle = await store.getBlob(ref.digest);
+      } else if (verifyLater && hasher && !store.verifiesReads && hasHandles(store)) {
         handle = await store.getBlob(ref.digest);
         bytes = handle && new Uint8Array(await handle.arrayBuffer());
       } else {
@@ -154,12 +186,13 @@ export function createBlobSource(o: BlobSourceOptions) {
       warn(`blob ${ref.digest}: ${store.kind} read failed (${errorText(e)}); fetching it`);
       return null;
     }
-    if (!bytes) return null;
+    const data = asHandle ? handle : bytes;
+    if (!data) return null;
     const corrupt = async () => {
       warn(`blob ${ref.digest} in ${store.kind} is corrupt; fetching it again`);
       await store.delete(ref.digest).catch(() => {});
     };
-    if (bytes.byteLength !== ref.size) {
+    if ((data instanceof Uint8Array ? data.byteLength : data.size) !== ref.size) {
       await corrupt();
       return null;
     }
@@ -169,7 +202,7 @@ export function createBlobSource(o: BlobSourceOptions) {
     // Deferred, the hash waits for the call's other reads and for the caller's next step to start:
     // even off this thread it competes with them for the cores (on two, a warm load's reads took a
     // quarter longer when their hashes started beside them: test/bench/browser-load.ts).
-    const hash = () => (handle && hasher ? hasher.blob(handle) : sha256(found));
+    const hash = async () => (handle && hasher ? hasher.blob(handle) : sha256(found ?? new Uint8Array(await handle!.arrayBuffer())));
     const start = verifyLater ? (options.hashAfter ?? VERIFIED) : VERIFIED;
     const hashed = store.verifiesReads ? Promise.resolve(true) : start.then(hash).then((d) => d === ref.digest);
     const verified = hashed.then(async (ok) => {
@@ -178,12 +211,12 @@ export function createBlobSource(o: BlobSourceOptions) {
         throw new LateDigestMismatch(ref.digest, `blob ${ref.digest} in ${store.kind} is corrupt; it was dropped and is fetched again`);
       }
       // Only verified bytes enter the memory tier: a later load takes them without a check.
-      await memory.put(ref.digest, found);
+      if (found) await memory.put(ref.digest, found);
       progress.blobDone(ref, 'store');
     });
-    if (!verifyLater) return verified.then(() => ({ bytes: found, verified: VERIFIED }), () => null);
+    if (!verifyLater) return verified.then(() => ({ data, verified: VERIFIED }), () => null);
     verified.catch(() => {}); // the caller may stop listening (an aborted load); the record is dropped either way
-    return { bytes: found, verified };
+    return { data, verified };
   }
 
   /** One blob: memory → store (re-verified: a tampered record is dropped) → network under the lock. */
@@ -193,14 +226,28 @@ export function createBlobSource(o: BlobSourceOptions) {
     progress: Progress,
     signal: AbortSignal | undefined,
     writeAfter: Promise<void>,
-    options: GetOptions = {},
+    options: Omit<GetOptions, 'asHandle'> = {},
   ): Promise<GotBlob> {
+    const { data, ...got } = await getData(origin, ref, progress, signal, writeAfter, options);
+    return { ...got, bytes: data as Uint8Array };
+  }
+
+  async function getData(
+    origin: string,
+    ref: BlobRef,
+    progress: Progress,
+    signal: AbortSignal | undefined,
+    writeAfter: Promise<void>,
+    options: GetOptions = {},
+  ): Promise<GotData> {
     const hit = await memory.get(ref.digest);
     if (hit) {
       progress.blobDone(ref, 'memory');
-      return { bytes: hit, source: 'memory', bytesFetched: 0, verified: VERIFIED };
+      return { data: hit, source: 'memory', bytesFetched: 0, verified: VERIFIED };
     }
-    const stored = await readStore(ref, progress, options);
+    const asHandle = (options.asHandle?.(ref) ?? false) && hasHandles(store);
+    const downloadAsHandle = asHandle && !!options.downloadsAsHandles;
+    const stored = await readStore(ref, progress, options, asHandle);
     if (stored) return { ...stored, source: 'store', bytesFetched: 0 };
 
     // Store-behind: the load continues as soon as the bytes are verified (with verifyLater, as soon
@@ -209,43 +256,56 @@ export function createBlobSource(o: BlobSourceOptions) {
     // Downloads share the loader's concurrency limit; a slot is freed once the bytes are verified.
     return limit(
       () =>
-        new Promise<GotBlob>((resolve, reject) => {
+        new Promise<GotData>((resolve, reject) => {
           throwIfAborted(signal, ref.digest);
           const task = o.withLock(
             `fuseload:blob:${digestHex(ref.digest)}`,
             async () => {
               // Another tab or process may have stored it while we waited for the lock.
               const held = await memory.get(ref.digest);
-              const late = held ? { bytes: held, verified: VERIFIED } : await readStore(ref, progress, options);
+              const late = held ? { data: held, verified: VERIFIED } : await readStore(ref, progress, options, asHandle);
               const deferVerify = options.verifyLater?.(ref) ?? false;
               if (late) return resolve({ ...late, source: 'store', bytesFetched: 0 });
-              const result = await downloadBlob({
+              const common = {
                 url: `${origin}/${blobKey(ref.digest)}`,
                 digest: ref.digest,
                 size: ref.size,
                 fetch: o.fetch,
                 signal,
-                onBytes: (received) => progress.bytes('download', ref, received),
+                onBytes: (received: number) => progress.bytes('download', ref, received),
                 onVerify: () => progress.emit('verify', ref.digest, 0, ref.size),
                 deferVerify,
-                ...(hasher ? { stream: (size: number) => hasher.stream(size) } : {}),
-              });
-              const verified = result.verified.catch((e: unknown) => {
+              };
+              // As a handle, the bytes are gathered into a Blob as they come and hashed from it: no
+              // shard-sized buffer here, and none left for the garbage collector.
+              const download = downloadAsHandle
+                ? await downloadAsBlob({
+                    ...common,
+                    ...(hasher ? { hashBlob: (blob: Blob) => hasher.blob(blob) } : {}),
+                    sink: async (size: number) => (await (store as HandleStore).fileSink?.(ref.digest, size)) ?? memoryBlobSink(size),
+                  })
+                : await downloadBlob({ ...common, ...(hasher ? { stream: (size: number) => hasher.stream(size) } : {}) });
+              // A downloaded file is let go once it is stored (or could not be) and the caller is done reading it.
+              if ('release' in download) void settled(task).then(() => settled(options.heldUntil)).then(download.release);
+              const { bytesFetched } = download;
+              const verified = download.verified.catch((e: unknown) => {
                 throw new LateDigestMismatch(ref.digest, (e as Error).message, { cause: e });
               });
               verified.catch(() => {});
+              const data = 'blob' in download ? download.blob : download.bytes;
+              const bytes = data instanceof Uint8Array ? data : null;
               // Deferred: the bytes go on now; the lock is held until they are verified, then stored.
-              if (deferVerify) resolve({ bytes: result.bytes, source: 'network', bytesFetched: result.bytesFetched, verified });
+              if (deferVerify) resolve({ data, source: 'network', bytesFetched, verified });
               await verified;
               progress.emit('verify', ref.digest, ref.size, ref.size);
-              await memory.put(ref.digest, result.bytes);
+              if (bytes) await memory.put(ref.digest, bytes);
               progress.emit('store', ref.digest, 0, ref.size);
               // The write waits at most for this load's own blobs (writeAfter), and a tab that has to
               // wait for a lock first releases its held-back writes: no two tabs wait on each other.
-              resolve({ bytes: result.bytes, source: 'network', bytesFetched: result.bytesFetched, verified: VERIFIED });
+              resolve({ data, source: 'network', bytesFetched, verified: VERIFIED });
               await writeAfter;
               try {
-                await store.put(ref.digest, result.bytes);
+                await (data instanceof Blob ? (store as HandleStore).putBlob(ref.digest, data) : store.put(ref.digest, data));
                 progress.emit('store', ref.digest, ref.size, ref.size);
               } catch (e) {
                 // Quota or a broken store: the load goes on from memory, never a crash.
@@ -272,7 +332,7 @@ export function createBlobSource(o: BlobSourceOptions) {
    * failed). `verified` settles when every check has: it rejects with the first mismatch.
    */
   async function getBlobs(origin: string, refs: BlobRef[], progress: Progress, signal: AbortSignal | undefined, label: string, options: GetOptions = {}) {
-    const blobs = new Map<Digest, Uint8Array>();
+    const blobs = new Map<Digest, Uint8Array | Blob>();
     const sources: Record<Digest, CacheSource> = {};
     const checks: Promise<void>[] = [];
     let bytesFetched = 0;
@@ -284,18 +344,19 @@ export function createBlobSource(o: BlobSourceOptions) {
     // later, so the caller's next step (a session's creation) starts first.
     let allRead!: () => void;
     const hashAfter = new Promise<void>((resolve) => (allRead = () => void setTimeout(resolve, 0)));
-    const get: GetOptions = { ...options, hashAfter: options.hashAfter ?? hashAfter };
+    const handleBytes = refs.filter((ref) => options.asHandle?.(ref)).reduce((n, ref) => n + ref.size, 0);
+    const get: GetOptions = { ...options, hashAfter: options.hashAfter ?? hashAfter, downloadsAsHandles: options.downloadsAsHandles ?? handleBytes > memory.budgetBytes };
     try {
       await Promise.all(
         // Not under `limit`: memory and store reads all start at once (getBlob limits downloads).
         refs.map((ref) =>
           (async () => {
             throwIfAborted(stop.signal, label);
-            const got = await getBlob(origin, ref, progress, stop.signal, gate.wait, get);
+            const got = await getData(origin, ref, progress, stop.signal, gate.wait, get);
             checks.push(got.verified);
             sources[ref.digest] = got.source;
             bytesFetched += got.bytesFetched;
-            blobs.set(ref.digest, got.bytes);
+            blobs.set(ref.digest, got.data);
           })().catch((e) => {
             if (!stop.signal.aborted) stop.abort(e);
             throw e;
@@ -347,6 +408,11 @@ export function createBlobSource(o: BlobSourceOptions) {
 }
 
 export type BlobSource = ReturnType<typeof createBlobSource>;
+
+const settled = (p: Promise<unknown> | undefined) => Promise.resolve(p).then(
+  () => {},
+  () => {},
+);
 
 export function errorText(e: unknown): string {
   return e instanceof Error ? `${e.name === 'Error' ? '' : `${e.name}: `}${e.message}` : String(e);

@@ -62,10 +62,161 @@ export interface DownloadResult {
   verified: Promise<void>;
 }
 
+/** `downloadAsBlob`'s result: the bytes in a Blob, never whole in a buffer here. */
+export interface BlobDownloadResult extends Omit<DownloadResult, 'bytes'> {
+  blob: Blob;
+  /** Frees what holds the Blob's bytes (a spooled file): call once nothing reads the Blob any more. */
+  release(): Promise<void>;
+}
+
+export interface BlobDownloadOptions extends Omit<DownloadOptions, 'stream'> {
+  /** SHA-256 of the finished Blob (the browser's hasher reads it in a worker); default WebCrypto over its bytes, here. */
+  hashBlob?: (blob: Blob) => Promise<Digest>;
+  /** Where the bytes go (the browser's: a file on disk, web/spool.ts); default Blob parts in memory. */
+  sink?: (size: number) => Promise<DownloadSink<Blob>>;
+}
+
 /** Network failures worth another attempt; everything else is final. */
 class RetryableError extends Error {}
 
+/**
+ * Where a download's bytes go as they arrive (`at`: the offset of `chunk`; 0 starts over). A write
+ * may return a promise to wait on (a sink on disk). `release` frees what it holds: called here when
+ * the download fails for good, by the caller once it is done with what `finish` made.
+ */
+export interface DownloadSink<T> {
+  write(chunk: Uint8Array, at: number): void | Promise<void>;
+  finish(): T | Promise<T>;
+  release?(): Promise<void>;
+}
+
+/** One buffer of the blob's size, allocated with the first byte. */
+function bufferSink(size: number): DownloadSink<Uint8Array> {
+  let buffer: Uint8Array | null = null;
+  return {
+    write(chunk, at) {
+      buffer ??= new Uint8Array(size);
+      buffer.set(chunk, at);
+    },
+    finish: () => buffer ?? new Uint8Array(size),
+  };
+}
+
+/** Bytes are passed on in pieces of this size (a Blob part, a file write), not a chunk at a time. */
+const STAGING_BYTES = 4 << 20;
+/**
+ * Staging buffers of finished downloads, reused by the next ones: a fresh one per download would leave
+ * one dead buffer per shard for the garbage collector, which a worker busy in WASM may not run for the
+ * whole load (a 2 GiB pipeline is 30 shards: test/bench/browser-large.ts). A few are kept.
+ */
+const spareStaging: Uint8Array[] = [];
+const SPARE_STAGING = 4;
+
+/**
+ * A download's chunks, gathered in one small staging buffer and passed on (`out`) each time it
+ * fills, at their offset: no shard-sized buffer is ever made. A write at 0 after others starts over
+ * (`restart`); a resume continues at the end, and a write anywhere else is a bug.
+ */
+export class StagedWrites {
+  #done = false;
+  #staging: Uint8Array | null = null;
+  #staged = 0;
+  #written = 0;
+
+  constructor(
+    readonly size: number,
+    readonly out: (bytes: Uint8Array, at: number) => void | Promise<unknown>,
+    readonly restart: () => void | Promise<unknown>,
+  ) {}
+
+  write(chunk: Uint8Array, at: number): void | Promise<void> {
+    if (at === this.#written && !this.#done) return this.#copy(chunk, 0);
+    // After the end, only a download that starts over (its bytes hashed wrong) writes again.
+    if (at !== 0) throw new Error(`download: a write at byte ${at} of a blob written to ${this.#written}`);
+    this.#staged = this.#written = 0;
+    this.#done = false;
+    return Promise.resolve(this.restart()).then(() => this.#copy(chunk, 0));
+  }
+
+  #copy(chunk: Uint8Array, from: number): void | Promise<void> {
+    this.#staging ??= (this.size >= STAGING_BYTES && spareStaging.pop()) || new Uint8Array(Math.max(1, Math.min(STAGING_BYTES, this.size)));
+    while (from < chunk.byteLength) {
+      const n = Math.min(chunk.byteLength - from, this.#staging.byteLength - this.#staged);
+      this.#staging.set(chunk.subarray(from, from + n), this.#staged);
+      this.#staged += n;
+      this.#written += n;
+      from += n;
+      if (this.#staged === this.#staging.byteLength) {
+        // The staging buffer is reused: an asynchronous `out` is waited for before the next copy.
+        const pending = this.flush();
+        if (pending) return pending.then(() => this.#copy(chunk, from));
+      }
+    }
+  }
+
+  /** Passes on what is staged. */
+  flush(): void | Promise<void> {
+    if (this.#staged === 0) return;
+    const bytes = this.#staging!.subarray(0, this.#staged);
+    const at = this.#written - this.#staged;
+    this.#staged = 0;
+    const pending = this.out(bytes, at);
+    return pending ? pending.then(() => {}) : undefined;
+  }
+
+  /** The last bytes are passed on: the staging buffer goes back for the next download. */
+  async end(): Promise<void> {
+    await this.flush();
+    this.#done = true;
+    if (this.#staging?.byteLength === STAGING_BYTES && spareStaging.length < SPARE_STAGING) spareStaging.push(this.#staging);
+    this.#staging = null;
+  }
+}
+
+/** A Blob in memory, of parts copied from the staging buffer (where the runtime has no spool on disk). */
+export function memoryBlobSink(size: number): DownloadSink<Blob> {
+  let parts: Blob[] = [];
+  const staged = new StagedWrites(
+    size,
+    (bytes) => void parts.push(new Blob([bytes as Uint8Array<ArrayBuffer>])), // copied: the staging buffer is reused
+    () => void (parts = []),
+  );
+  return {
+    write: (chunk, at) => staged.write(chunk, at),
+    async finish() {
+      await staged.end();
+      return new Blob(parts);
+    },
+  };
+}
+
 export async function downloadBlob(options: DownloadOptions): Promise<DownloadResult> {
+  const { data, ...rest } = await download(options, bufferSink(options.size), (bytes, stream) => (stream ? stream.digest() : sha256(bytes)));
+  return { bytes: data, ...rest };
+}
+
+/**
+ * `downloadBlob`, with the bytes gathered into a Blob instead of one buffer (for an engine that reads
+ * external data from Blobs: a large pipeline's shards are then never whole in this thread's memory),
+ * and hashed once it is in (`hashBlob`), not as it streams: a streaming hasher keeps a whole copy of
+ * its own, which is what this avoids (it also measured slower: test/bench/browser-load.ts).
+ */
+export async function downloadAsBlob(options: BlobDownloadOptions): Promise<BlobDownloadResult> {
+  const hash = options.hashBlob ?? (async (blob: Blob) => sha256(new Uint8Array(await blob.arrayBuffer())));
+  const sink = await (options.sink ?? (async (size: number) => memoryBlobSink(size)))(options.size);
+  const release = async () => sink.release?.();
+  const { data, ...rest } = await download({ ...options, stream: undefined }, sink, (blob) => hash(blob)).catch(async (e: unknown) => {
+    await release();
+    throw e;
+  });
+  return { blob: data, ...rest, release };
+}
+
+async function download<T>(
+  options: DownloadOptions,
+  sink: DownloadSink<T>,
+  hash: (data: T, stream: StreamHash | null) => Promise<Digest>,
+): Promise<Omit<DownloadResult, 'bytes'> & { data: T }> {
   const { url, digest, size, signal } = options;
   const retries = options.retries ?? 4;
   const backoffMs = options.backoffMs ?? 250;
@@ -81,8 +232,6 @@ export async function downloadBlob(options: DownloadOptions): Promise<DownloadRe
   if (size > maxBlobBytes) {
     throw new FuseloadError('too-large', `${shown}: the manifest names ${size} bytes, over the ${formatCap(maxBlobBytes)} per-blob cap`);
   }
-  // Allocated when the first byte arrives: an origin that never answers costs no memory.
-  let buffer: Uint8Array | null = null;
   let received = 0;
   let etag: string | null = null;
   let bytesFetched = 0;
@@ -141,30 +290,30 @@ export async function downloadBlob(options: DownloadOptions): Promise<DownloadRe
         if (received + value.byteLength > size) {
           throw new FuseloadError('digest-mismatch', `${shown}: more than the ${size} bytes the manifest names`);
         }
-        buffer ??= new Uint8Array(size);
-        buffer.set(value, received);
+        const at = received;
         received += value.byteLength;
         bytesFetched += value.byteLength;
         options.onBytes?.(received);
+        const written = sink.write(value, at);
         // Last: the hasher may take the chunk's buffer. It holds the download back when it is behind.
-        return hashing?.update(value);
+        if (!written) return hashing?.update(value);
+        return written.then(() => hashing?.update(value));
       });
       if (received !== size) throw new RetryableError(`${shown}: body ended at byte ${received} of ${size}`);
-      buffer ??= new Uint8Array(size); // an empty blob
+      const data = await sink.finish();
       options.onVerify?.();
       if (options.deferVerify) {
-        const bytes = buffer;
         const stream = hashing;
         hashing = null;
-        const verified = (stream ? stream.digest() : sha256(bytes)).then((actual) => {
+        const verified = hash(data, stream).then((actual) => {
           if (actual !== digest) throw new FuseloadError('digest-mismatch', `${shown}: bytes hash to ${actual}, expected ${digest}`);
         });
         verified.catch(() => {}); // observed by the caller; never an unhandled rejection here
-        return { bytes, bytesFetched, rangeRequests, verified };
+        return { data, bytesFetched, rangeRequests, verified };
       }
       const stream = hashing;
       hashing = null;
-      const actual = await (stream ? stream.digest() : sha256(buffer));
+      const actual = await hash(data, stream);
       if (actual !== digest) {
         const message = `${shown}: bytes hash to ${actual}, expected ${digest}`;
         // Corrupt in transit: start over once, from zero. Twice means the origin holds bad bytes.
@@ -173,7 +322,7 @@ export async function downloadBlob(options: DownloadOptions): Promise<DownloadRe
         etag = null;
         throw new RetryableError(message);
       }
-      return { bytes: buffer, bytesFetched, rangeRequests, verified: Promise.resolve() };
+      return { data, bytesFetched, rangeRequests, verified: Promise.resolve() };
     } catch (e) {
       const final = signal?.aborted || (isFuseloadError(e) && !isTransient(e));
       if (final) hashing?.abandon();

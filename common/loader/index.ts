@@ -259,6 +259,9 @@ export function createLoader(runtime: LoaderRuntime): Loader {
     const baseWeights = switcher.base((role, shard) => baseShard(origin, model, view, role, shard));
     // Stored bytes are hashed while the sessions are built from them (blobs.ts, verifyLater); nothing leaves here before.
     let mismatch: Promise<unknown> = Promise.resolve(null);
+    // Handles (spooled downloads) are read until the sessions are built: then their files may go.
+    let done!: () => void;
+    const built = new Promise<void>((resolve) => (done = resolve));
     try {
       // Components no overlay touches may load straight from the store's files (no bytes read here).
       const pending: [Role, Component][] = [];
@@ -276,7 +279,9 @@ export function createLoader(runtime: LoaderRuntime): Loader {
       const refs = unique([...pending.flatMap(([, c]) => [c.graph, ...c.shards]), ...assetRefs]);
       // Weight shards are only copied by the engine: they are hashed beside the sessions' creation. Graphs are parsed: hashed first.
       const weights = new Set(pending.flatMap(([, c]) => c.shards.map((s) => s.digest)));
-      const got = await blobs.getBlobs(origin, refs, progress, signal, model, { verifyLater: (ref) => weights.has(ref.digest) });
+      // An engine that reads external data from Blobs gets the shards no overlay merges into as the store's handles.
+      const handles = new Set(engine.externalDataBlobs ? pending.filter(([role]) => !plan.terms.get(role)?.size).flatMap(([, c]) => c.shards.map((s) => s.digest)) : []);
+      const got = await blobs.getBlobs(origin, refs, progress, signal, model, { verifyLater: (ref) => weights.has(ref.digest), asHandle: (ref) => handles.has(ref.digest), heldUntil: built });
       mismatch = got.verified.then(() => null, (e: unknown) => e);
       Object.assign(sources, got.sources);
       bytesFetched += got.bytesFetched;
@@ -287,7 +292,7 @@ export function createLoader(runtime: LoaderRuntime): Loader {
         const { files } = await overlay.applyOverlays(label, c, shards, plan.terms.get(role), providers, {
           overlay: (file, loaded, total) => progress.emit('overlay', file, loaded, total, { component: role }),
         });
-        const graph = got.blobs.get(c.graph.digest)!;
+        const graph = bytesOf(got.blobs, c.graph.digest);
         const created = (await createSession({
           label: components.length === 1 ? model : label,
           providers,
@@ -300,12 +305,12 @@ export function createLoader(runtime: LoaderRuntime): Loader {
         infos[role] = { provider: created.provider, fallbacks: created.fallbacks };
         // Fed weights are no longer in the session: what runs feed for them comes from the bytes in hand.
         const sw = switchable.get(role);
-        if (sw) await baseWeights.add(role, created.session, sw, async (i) => got.blobs.get(c.shards[i].digest) ?? baseShard(origin, model, view, role, i));
+        if (sw) await baseWeights.add(role, created.session, sw, (i) => shardBytes(got.blobs.get(c.shards[i].digest)) ?? baseShard(origin, model, view, role, i));
         dropWeights(got.blobs, pending, role);
       }
       const corrupt = await mismatch;
       if (corrupt) throw corrupt;
-      const assets = new Map(Object.entries(view.assets).map(([path, ref]) => [path, got.blobs.get(ref.digest)!]));
+      const assets = new Map(Object.entries(view.assets).map(([path, ref]) => [path, bytesOf(got.blobs, ref.digest)]));
       const main = MAIN_ROLES.find((r) => infos[r]) ?? components[0][0];
       const info: PipelineInfo = {
         fingerprint,
@@ -326,6 +331,8 @@ export function createLoader(runtime: LoaderRuntime): Loader {
       for (const s of Object.values(sessions)) await s?.release().catch(() => {});
       // A corrupt stored blob explains an engine's failure on its bytes better than the engine does.
       throw (await mismatch) ?? e;
+    } finally {
+      done();
     }
   }
 
@@ -501,7 +508,7 @@ export function createLoader(runtime: LoaderRuntime): Loader {
     const stored = await store.get(ref.digest).catch(() => null);
     if (stored && (store.verifiesReads || (await sha256(stored)) === ref.digest)) return stored;
     const got = await blobs.getBlobs(origin, [ref], new Progress(undefined), undefined, model);
-    return got.blobs.get(ref.digest)!;
+    return bytesOf(got.blobs, ref.digest);
   }
 
   /** `setLoras`: the overlays checked, fetched by the one byte path, and planned as the build routes them. */
@@ -590,10 +597,23 @@ export function createLoader(runtime: LoaderRuntime): Loader {
  * copy), unless a component still to come names one: a large pipeline is then never in memory
  * twice over (our bytes and the engine's) for more than one component at a time.
  */
-function dropWeights(held: Map<Digest, Uint8Array>, pending: [Role, Component][], built: Role): void {
+function dropWeights(held: Map<Digest, Uint8Array | Blob>, pending: [Role, Component][], built: Role): void {
   const at = pending.findIndex(([role]) => role === built);
   const later = new Set(pending.slice(at + 1).flatMap(([, c]) => c.shards.map((s) => s.digest)));
   for (const s of pending[at][1].shards) if (!later.has(s.digest)) held.delete(s.digest);
+}
+
+/** A blob getBlobs handed out as bytes (every one not asked for as a handle). */
+function bytesOf(blobs: Map<Digest, Uint8Array | Blob>, digest: Digest): Uint8Array {
+  const data = blobs.get(digest);
+  if (data instanceof Uint8Array) return data;
+  throw new FuseloadError('engine', `blob ${digest}: ${data ? 'a Blob handle' : 'missing'} where its bytes were needed`);
+}
+
+/** A shard in hand as bytes (a handle read once more: the same immutable record, hashed beside); undefined when not in hand. */
+function shardBytes(data: Uint8Array | Blob | undefined): Promise<Uint8Array> | undefined {
+  if (data === undefined) return undefined;
+  return data instanceof Blob ? data.arrayBuffer().then((b) => new Uint8Array(b)) : Promise.resolve(data);
 }
 
 function unique(refs: BlobRef[]): BlobRef[] {

@@ -18,7 +18,7 @@ import { routeLora } from '../lora/match.ts';
 import { checkMergeDtype, DEFAULT_ORT_MIN_ELEMENTS, type MergeApplication, mergeTensorBytes } from '../lora/merge-recipe.ts';
 import { EngineMerger } from '../lora/overlay-merge.ts';
 import { type Component, componentEntries, type PipelineManifest, type Role, type TensorEntry } from '../manifest.ts';
-import type { CacheSource, Engine, ExternalDataFile, LoraOverlay, Provider } from '../pipeline.ts';
+import { type CacheSource, type Engine, type ExternalDataFile, externalBytes, type LoraOverlay, type Provider } from '../pipeline.ts';
 import type { BlobStore } from '../store.ts';
 import { abortError } from './download.ts';
 import { contentLength, fetchWithDeadline, READ_LIMITS, readBounded } from './bounded-read.ts';
@@ -244,18 +244,19 @@ export function createOverlayRuntime(options: OverlayRuntimeOptions) {
     for (const [hex, entries] of byShard) {
       const original = files.find((f) => f.path === hex);
       if (!original) throw new FuseloadError('bad-input', `${label}: shard ${hex} is not among the external data`);
-      const copy = new Uint8Array(original.data.length);
+      const data = externalBytes(original);
+      const copy = new Uint8Array(data.length);
       // Only the bytes no merge writes are copied as they are: the merges read the original.
       entries.sort((a, b) => a.offset - b.offset);
       let at = 0;
       for (const entry of entries) {
-        copy.set(original.data.subarray(at, entry.offset), at);
+        copy.set(data.subarray(at, entry.offset), at);
         at = entry.offset + entry.length;
       }
-      copy.set(original.data.subarray(at), at);
+      copy.set(data.subarray(at), at);
       for (const entry of entries) {
         const range = [entry.offset, entry.offset + entry.length] as const;
-        await mergeTensor(original.data.subarray(...range), copy.subarray(...range), entry, targets.get(entry)!, providers);
+        await mergeTensor(data.subarray(...range), copy.subarray(...range), entry, targets.get(entry)!, providers);
         events.overlay?.(entry.name, ++done, targets.size);
       }
       copies.set(hex, copy);

@@ -162,6 +162,8 @@ async function shaderF16(pageUrl: string): Promise<boolean> {
 /** The process the page runs in: the renderer that grew the most. */
 const renderer = (ps: Awaited<ReturnType<typeof chromiumMemory>>) => ps.filter((p) => p.type === 'renderer').sort((a, b) => b.hwm - a.hwm)[0];
 const gpu = (ps: Awaited<ReturnType<typeof chromiumMemory>>) => ps.find((p) => p.type === 'gpu-process');
+/** The browser process: where Chromium keeps Blob bytes it has not paged to disk (the shards the loader hands on as Blobs). */
+const browserProcess = (ps: Awaited<ReturnType<typeof chromiumMemory>>) => ps.find((p) => p.type === 'browser');
 
 interface Measured {
   result: WorkerHarnessResult;
@@ -169,6 +171,7 @@ interface Measured {
   peak: number;
   held: number;
   gpuPeak: number;
+  browserPeak: number;
 }
 
 async function measure(profile: string, pagesUrl: string, origin: string, device: 'wasm' | 'webgpu'): Promise<Measured> {
@@ -192,13 +195,13 @@ async function measure(profile: string, pagesUrl: string, origin: string, device
     let settled = false;
     void running.finally(() => (settled = true));
     while (!settled && !(await page.evaluate(() => window.workerHarness.holding()))) await new Promise((r) => setTimeout(r, 250));
-    if (settled) return { result: await running, baseline, peak: 0, held: 0, gpuPeak: 0 };
+    if (settled) return { result: await running, baseline, peak: 0, held: 0, gpuPeak: 0, browserPeak: 0 };
     await new Promise((r) => setTimeout(r, 3000));
     const held = renderer(await chromiumMemory(profile))?.rss ?? 0;
     await page.evaluate(() => window.workerHarness.release());
     const result = await running;
     const ps = await chromiumMemory(profile);
-    return { result, baseline, peak: renderer(ps)?.hwm ?? 0, held, gpuPeak: gpu(ps)?.hwm ?? 0 };
+    return { result, baseline, peak: renderer(ps)?.hwm ?? 0, held, gpuPeak: gpu(ps)?.hwm ?? 0, browserPeak: browserProcess(ps)?.hwm ?? 0 };
   } finally {
     await context.close();
   }
@@ -232,13 +235,14 @@ async function main() {
           console.log(
             `${device} ${phase}: provider ${r.info!.provider}, loaded and one step generated (${r.image!.width}×${r.image!.height}, ${r.image!.unetCalls} UNet calls) in ${(loadMs / 1000).toFixed(1)} s; ` +
               `renderer peak ${gibOf(m.peak)} (${(m.peak / art.bytes).toFixed(2)}× the artifact), held ${gibOf(m.held)} (${(m.held / art.bytes).toFixed(2)}×), before the load ${gibOf(m.baseline)}; ` +
-              `GPU process peak ${gibOf(m.gpuPeak)}; main-thread long tasks: ${r.longTasks.length ? r.longTasks.join(', ') + ' ms' : 'none'}`,
+              `GPU process peak ${gibOf(m.gpuPeak)}, browser process peak ${gibOf(m.browserPeak)}; main-thread long tasks: ${r.longTasks.length ? r.longTasks.join(', ') + ' ms' : 'none'}`,
           );
           values.push(
             `${device}_${phase}_peak_ratio=${(m.peak / art.bytes).toFixed(2)}`,
             `${device}_${phase}_held_ratio=${(m.held / art.bytes).toFixed(2)}`,
             `${device}_${phase}_s=${(loadMs / 1000).toFixed(1)}`,
             `${device}_${phase}_gpu_gib=${(m.gpuPeak / 1024 ** 3).toFixed(2)}`,
+            `${device}_${phase}_browser_gib=${(m.browserPeak / 1024 ** 3).toFixed(2)}`,
             `${device}_${phase}_longtasks=${r.longTasks.length}`,
           );
         }

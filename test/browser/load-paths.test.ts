@@ -3,7 +3,9 @@
  * stored as Blob records (the older Uint8Array records still read); stored weight shards are
  * hashed while their session is built from them, and a tampered one is still caught before any
  * output — that session is released, the shard fetched again, and the output is the untampered
- * one; a graph is hashed before the engine parses it.
+ * one; a graph is hashed before the engine parses it; onnxruntime-web's JSPI build (the default
+ * where Chromium has JSPI) is handed the shards as Blobs — downloads written to OPFS files that
+ * become their records, stored records as they are — never as bytes in JavaScript.
  */
 import { rm } from 'node:fs/promises';
 import type { Browser, Page } from 'playwright-core';
@@ -65,6 +67,57 @@ describe('browser load paths', () => {
     expect(origin.gets()).toBe(1); // the tag only
     expect(warm.output).toEqual(cold.output);
     await page.context().close();
+  });
+
+  test("onnxruntime-web's JSPI build is given stored shards as Blobs, and downloads as files on disk that become their records when they do not fit memory; the asyncify build bytes", async () => {
+    const shards = artifact.manifest.shards.map((s) => s.digest.slice('sha256:'.length)).sort();
+    // Weights that fit the memory tier are downloaded as bytes (kept there for the next load).
+    const fits = await openPage();
+    const inMemoryTier = await load(fits);
+    expect(inMemoryTier.engine!.build).toBe('jspi');
+    expect(inMemoryTier.engine!.externalData).toEqual([shards.map(() => 'Uint8Array')]);
+    expect(await fits.evaluate(() => window.harness.diskFiles())).toEqual([]);
+    await fits.context().close();
+
+    const page = await openPage();
+    // A file a load that died left behind (no record, no lock) is removed by the next download.
+    const stranded = 'ab'.repeat(32);
+    await page.evaluate((n) => window.harness.strandDiskFile(n), stranded);
+    const large = { memoryBudgetBytes: 1024 };
+    const cold = await load(page, large);
+    expect(cold.output).toEqual(inMemoryTier.output);
+    expect(cold.engine!.build).toBe('jspi');
+    expect(Object.values(cold.info.sources)).toEqual(artifact.blobs.map(() => 'network'));
+    expect(cold.engine!.externalData).toEqual([shards.map(() => 'File')]);
+    // Each shard's file is its record's bytes now; the graph and assets are records of their own.
+    expect(await page.evaluate(() => window.harness.diskFiles())).toEqual(shards);
+    const digests = artifact.blobs.map((b) => b.digest);
+    expect(await page.evaluate((d) => window.harness.recordKinds(d), digests)).toEqual(digests.map(() => 'Blob'));
+    origin.reset();
+    const warm = await load(page);
+    expect(Object.values(warm.info.sources)).toEqual(artifact.blobs.map(() => 'store'));
+    expect(origin.gets()).toBe(1); // the tag only
+    // Stored shards are handed over as their records, whatever their size.
+    expect(warm.engine!.externalData).toEqual([shards.map(() => 'Blob')]);
+    expect(warm.output).toEqual(cold.output);
+    // Clearing the cache removes the files with the records.
+    await page.evaluate(() => window.harness.clearCache());
+    expect(await page.evaluate(() => window.harness.diskFiles())).toEqual([]);
+    await page.context().close();
+
+    const memory = await openPage();
+    const inMemory = await load(memory, { ...large, filesOnDisk: false });
+    expect(inMemory.engine!.externalData).toEqual([shards.map(() => 'Blob')]);
+    expect(await memory.evaluate(() => window.harness.diskFiles())).toEqual([]);
+    expect(inMemory.output).toEqual(cold.output);
+    await memory.context().close();
+
+    const other = await openPage();
+    const asyncify = await load(other, { ortBuild: 'asyncify' });
+    expect(asyncify.engine!.build).toBe('asyncify');
+    expect(asyncify.engine!.externalData).toEqual([shards.map(() => 'Uint8Array')]);
+    expect(asyncify.output).toEqual(cold.output);
+    await other.context().close();
   });
 
   for (const layout of ['Blob', 'Uint8Array'] as const) {

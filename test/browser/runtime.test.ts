@@ -265,17 +265,23 @@ describe('browser runtime in Chromium', () => {
   test('a byte budget evicts least recently used blobs and the load still succeeds', async () => {
     const page = await openPage();
     const budget = Math.floor(artifact.bytes / 2);
-    const result = await load(page, { device: 'wasm', budgetBytes: budget });
+    // A small memory tier: the shards are downloaded into files on disk that become their records.
+    const result = await load(page, { device: 'wasm', budgetBytes: budget, memoryBudgetBytes: 1024 });
     expectLoaded(result);
     const cache = await page.evaluate(() => window.harness.cacheInfo());
     expect(cache.bytes).toBeLessThanOrEqual(budget);
     expect(cache.count).toBeLessThan(artifact.blobs.length + 1);
     expect(cache.count).toBeGreaterThan(0);
     expect(maxAbsDiff(result.output.data, reference)).toBeLessThan(1e-4);
+    // Downloaded shards are OPFS files that are their records' bytes (web/blob-files.ts): an evicted
+    // record's file goes with it (once the load that was reading it is done), a kept one stays.
+    const kept = new Set(cache.blobs.map((b) => b.digest.slice('sha256:'.length)));
+    const shardFiles = artifact.manifest.shards.map((s) => s.digest.slice('sha256:'.length)).filter((hex) => kept.has(hex));
+    expect(await page.evaluate(() => window.harness.diskFiles())).toEqual([...new Set(shardFiles)].sort());
 
     // A warm load under the same budget fetches only what was evicted.
     origin.reset();
-    const warm = await load(page, { device: 'wasm', budgetBytes: budget });
+    const warm = await load(page, { device: 'wasm', budgetBytes: budget, memoryBudgetBytes: 1024 });
     expectLoaded(warm);
     const stored = new Set(cache.blobs.map((b) => b.digest));
     for (const blob of artifact.blobs) {

@@ -16,7 +16,7 @@ import { isFuseloadError } from '../../common/errors.ts';
 import { createLoader } from '../../common/loader/index.ts';
 import { bytesToF32, type FloatDtype } from '../../common/lora/dtype.ts';
 import { decodeManifest, type Manifest, schema1, type TensorEntry } from '../../common/manifest.ts';
-import type { Engine, ExternalDataFile, Feeds } from '../../common/pipeline.ts';
+import { type Engine, type ExternalDataFile, externalBytes, type Feeds } from '../../common/pipeline.ts';
 import { encodeSafetensors, type SafetensorsInput } from '../../common/safetensors.ts';
 import { MemoryStore } from '../../common/store.ts';
 import { build, type BuildReport } from '../../tools/build/build.ts';
@@ -120,7 +120,7 @@ async function expectSameShards(files: ExternalDataFile[], base: Artifact, merge
   let changed = 0;
   for (const [i, shard] of base.manifest.shards.entries()) {
     const file = files.find((f) => f.path === digestHex(shard.digest))!;
-    expect(await sha256(file.data), `shard ${i}`).toBe(merged.manifest.shards[i].digest);
+    expect(await sha256(externalBytes(file)), `shard ${i}`).toBe(merged.manifest.shards[i].digest);
     if (merged.manifest.shards[i].digest !== shard.digest) changed++;
   }
   expect(changed).toBeGreaterThan(0);
@@ -298,7 +298,7 @@ describe.each(['float32', 'float16', 'bfloat16'] as FloatDtype[])('every adapter
     const zero = await buildArtifact(join(dir, 'zero'), baseModel, [{ path: loras.a, scale: 0 }]);
     expect(zero.manifest.shards).toEqual(base.manifest.shards);
     const applied = await overlay(base, [{ path: loras.a, scale: 0 }]);
-    for (const [i, s] of base.manifest.shards.entries()) expect(await sha256(applied.files.find((f) => f.path === digestHex(s.digest))!.data), `shard ${i}`).toBe(s.digest);
+    for (const [i, s] of base.manifest.shards.entries()) expect(await sha256(externalBytes(applied.files.find((f) => f.path === digestHex(s.digest))!)), `shard ${i}`).toBe(s.digest);
   });
 });
 

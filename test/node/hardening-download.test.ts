@@ -2,7 +2,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { sha256 } from '../../common/digest.ts';
 import { isFuseloadError } from '../../common/errors.ts';
 import { fetchWithDeadline, READ_LIMITS, readBounded, streamChunks } from '../../common/loader/bounded-read.ts';
-import { downloadBlob } from '../../common/loader/download.ts';
+import { downloadAsBlob, downloadBlob } from '../../common/loader/download.ts';
 import { startHttpOrigin, startStalledOrigin, type TestServer } from '../support/stalled-origin.ts';
 
 const servers: TestServer[] = [];
@@ -183,5 +183,61 @@ describe('Content-Length of an encoded body', () => {
     const fake: typeof fetch = async () => new Response(bytes, { headers: { 'Content-Length': '40', 'Content-Encoding': 'gzip' } });
     const result = await downloadBlob({ url: 'https://origin/b', digest: await sha256(bytes), size: 5000, fetch: fake });
     expect(result.bytes).toEqual(bytes);
+  });
+});
+
+describe('downloadAsBlob (shards for an engine that reads Blobs)', () => {
+  // Over the 4 MiB staging buffer, and not a multiple of it.
+  const bytes = new Uint8Array(9 * 1024 * 1024 + 12345);
+  for (let i = 0; i < bytes.length; i++) bytes[i] = (i * 2654435761) >>> 24;
+
+  it('gathers a body resumed mid-staging into a Blob of exactly its bytes', async () => {
+    const digest = await sha256(bytes);
+    const cut = 5 * 1024 * 1024 + 777;
+    const ranges: (string | undefined)[] = [];
+    const origin = track(
+      await startHttpOrigin((req, res) => {
+        ranges.push(req.headers.range);
+        if (!req.headers.range) {
+          res.writeHead(200, { 'Content-Length': bytes.length, ETag: `"${digest}"` });
+          res.write(bytes.subarray(0, cut), () => res.destroy()); // dropped mid-body
+          return;
+        }
+        const start = Number(/bytes=(\d+)-/.exec(req.headers.range)![1]);
+        res.writeHead(206, { 'Content-Length': bytes.length - start, 'Content-Range': `bytes ${start}-${bytes.length - 1}/${bytes.length}` });
+        res.end(bytes.subarray(start));
+      }),
+    );
+    const result = await downloadAsBlob({ url: `${origin.url}/blobs/x`, digest, size: bytes.length, fetch, backoffMs: 10 });
+    expect(ranges[0]).toBeUndefined();
+    expect(ranges[1]).toMatch(/^bytes=\d+-$/);
+    expect(result.rangeRequests).toBe(1);
+    expect(result.blob.size).toBe(bytes.length);
+    expect(Buffer.from(await result.blob.arrayBuffer()).equals(bytes)).toBe(true);
+  });
+
+  it('a body that hashes wrong starts over from zero once; a deferred check rejects instead', async () => {
+    const digest = await sha256(bytes);
+    const bad = bytes.slice();
+    bad[bytes.length - 1] ^= 0xff;
+    let served = 0;
+    const origin = track(
+      await startHttpOrigin((_req, res) => {
+        res.writeHead(200, { 'Content-Length': bytes.length });
+        res.end(served++ === 0 ? bad : bytes);
+      }),
+    );
+    const hashed: number[] = [];
+    const hashBlob = async (blob: Blob) => (hashed.push(blob.size), sha256(new Uint8Array(await blob.arrayBuffer())));
+    const result = await downloadAsBlob({ url: `${origin.url}/blobs/x`, digest, size: bytes.length, fetch, backoffMs: 10, hashBlob });
+    expect(served).toBe(2);
+    expect(hashed).toEqual([bytes.length, bytes.length]);
+    expect(Buffer.from(await result.blob.arrayBuffer()).equals(bytes)).toBe(true);
+
+    served = 0;
+    const deferred = await downloadAsBlob({ url: `${origin.url}/blobs/x`, digest, size: bytes.length, fetch, backoffMs: 10, deferVerify: true });
+    const err = await failure(deferred.verified);
+    expect(err.code).toBe('digest-mismatch');
+    expect(served).toBe(1);
   });
 });

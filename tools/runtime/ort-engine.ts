@@ -22,7 +22,7 @@ import { dirname, join } from 'node:path';
 import ort from 'onnxruntime-node';
 import { FuseloadError } from '../../common/errors.ts';
 import type { FileEngine } from '../../common/loader/index.ts';
-import type { Device, EngineSession, ExternalDataFile, Feeds, Provider, TensorLike, WeightFeeding } from '../../common/pipeline.ts';
+import { type Device, type EngineSession, type ExternalDataFile, externalBytes, type Feeds, type Provider, type TensorLike, type WeightFeeding } from '../../common/pipeline.ts';
 
 const NODE_PROVIDERS: Provider[] = ['cuda', 'cpu'];
 
@@ -110,12 +110,12 @@ export class OrtNodeEngine implements FileEngine {
       try {
         session = graphPath
           ? await ort.InferenceSession.create(graphPath, options)
-          : await ort.InferenceSession.create(graph, { ...options, externalData: externalData.map((f) => ({ path: f.path, data: f.data })) });
+          : await ort.InferenceSession.create(graph, { ...options, externalData: externalData.map((f) => ({ path: f.path, data: externalBytes(f) })) });
       } catch (e) {
         if (!graphPath) throw e;
         // A file evicted or replaced since the loader read it: the verified bytes are in memory.
         this.lastSource = 'memory';
-        session = await ort.InferenceSession.create(graph, { ...options, externalData: externalData.map((f) => ({ path: f.path, data: f.data })) });
+        session = await ort.InferenceSession.create(graph, { ...options, externalData: externalData.map((f) => ({ path: f.path, data: externalBytes(f) })) });
       }
     } catch (e) {
       throw this.#createError(provider, e);
@@ -157,7 +157,7 @@ export class OrtNodeEngine implements FileEngine {
     if (!fileOf || externalData.length === 0 || (await fileOf(graph))) return null;
     let folder: string | null = null;
     for (const f of externalData) {
-      const file = await fileOf(f.data);
+      const file = await fileOf(externalBytes(f));
       if (!file || (folder !== null && dirname(file) !== folder) || file !== join(dirname(file), f.path)) return null;
       folder = dirname(file);
     }
@@ -174,7 +174,7 @@ export class OrtNodeEngine implements FileEngine {
     const graphPath = await fileOf(graph);
     if (!graphPath) return null;
     for (const f of externalData) {
-      if ((await fileOf(f.data)) !== join(dirname(graphPath), f.path)) return null;
+      if ((await fileOf(externalBytes(f))) !== join(dirname(graphPath), f.path)) return null;
     }
     return graphPath;
   }

@@ -4,13 +4,13 @@
  */
 import { createStore, get, getMany, set } from 'idb-keyval';
 import { sampleFeeds } from '../../../common/sample-input.ts';
-import type { Device, GenerateOptions, LoraOverlay, Pipeline, PipelineInfo, ProgressEvent } from '../../../common/pipeline.ts';
+import type { Device, Engine, GenerateOptions, LoraOverlay, Pipeline, PipelineInfo, ProgressEvent } from '../../../common/pipeline.ts';
 import { createLoader, type Loader } from '../../../common/loader/index.ts';
 import { MemoryStore } from '../../../common/store.ts';
 import { downloadBlob } from '../../../common/loader/download.ts';
 import { createWorkerHasher } from '../../../web/worker-hasher.ts';
 import { type GenerateTimes, timeAlternating, timeGenerate } from '../../support/generate-replay.ts';
-import { type BrowserLoader, createBrowserLoader, createOrtEngine, persist, webgpuAdapter } from '../../../web/index.ts';
+import { type BrowserLoader, createBrowserLoader, createOrtEngine, type OrtBuild, persist, webgpuAdapter } from '../../../web/index.ts';
 // LoRA switching (test/browser/lora-switch.test.ts, test/bench/overlay.ts): `window.loraSwitch`.
 import './lora-switch.ts';
 // The loader in a Web Worker (test/browser/worker.test.ts): `window.workerHarness`.
@@ -37,6 +37,12 @@ export interface HarnessLoad {
   hashInWorkers?: boolean;
   /** Diagnostics: when each (phase, file) was first and last reported, in ms from the call (`result.timeline`). */
   timeline?: boolean;
+  /** onnxruntime-web's build (default: the engine's own choice, JSPI where the browser has it). */
+  ortBuild?: OrtBuild;
+  /** False: downloads the engine reads as Blobs are gathered in memory, not in OPFS files (BrowserLoaderOptions.filesOnDisk). */
+  filesOnDisk?: boolean;
+  /** The loader's memory tier (BrowserLoaderOptions.memoryBudgetBytes): weights that do not fit it are downloaded as Blobs. */
+  memoryBudgetBytes?: number;
   /** Run the sample model on these feeds and return the output. */
   run?: { seed: number; width: number; height: number };
   /** Load-time LoRA overlays. */
@@ -94,6 +100,8 @@ export interface HarnessResult {
   aborted?: { code?: string; message: string; heldAfter: number };
   /** With generateBench: ms per image for generate and for the bare loop of its session calls, device readbacks per generate; or ms per image of each side of `versus`. */
   generateBench?: (GenerateTimes & { readbacks: number }) | { versus: { ms: number[]; versusMs: number[]; readbacks: number; versusReadbacks: number; deviceResident: boolean; versusDeviceResident: boolean } };
+  /** The ORT build the engine ran, and what each external-data file it was given held (`Blob` or `Uint8Array`), per session in order. */
+  engine?: { build: OrtBuild; externalData: ('File' | 'Blob' | 'Uint8Array')[][] };
   events: ProgressEvent[];
   /** With `timeline`: `<phase> <file prefix>` → [first, last] ms from the call. */
   timeline?: Record<string, [number, number]>;
@@ -103,13 +111,31 @@ export interface HarnessResult {
 
 let shared: BrowserLoader | null = null;
 const warnings: string[] = [];
+/** What the last fresh loader's engine was given (`HarnessResult.engine`). */
+let engineSeen: NonNullable<HarnessResult['engine']> | null = null;
+
+/** The ORT engine, recording what kind of external data each session was made from. */
+function recordingEngine(build: OrtBuild | undefined): Engine {
+  const engine = createOrtEngine({ build });
+  const seen: NonNullable<HarnessResult['engine']> = { build: engine.build, externalData: [] };
+  engineSeen = seen;
+  return {
+    ...engine,
+    providers: (device) => engine.providers(device),
+    weightFeeding: (provider) => engine.weightFeeding!(provider),
+    create(graph, externalData, provider, device) {
+      seen.externalData.push(externalData.map((f) => (f.data instanceof File ? 'File' : f.data instanceof Blob ? 'Blob' : 'Uint8Array')));
+      return engine.create(graph, externalData, provider, device);
+    },
+  };
+}
 
 function loaderFor(options: HarnessLoad): Loader {
   const warn = (m: string) => void warnings.push(m);
   if (options.memoryStore) {
     return createLoader({ engine: createOrtEngine(), store: new MemoryStore(), concurrency: options.concurrency, warn, overlayOrtMinElements: options.overlayOrtMinElements });
   }
-  const make = () => createBrowserLoader({ budgetBytes: options.budgetBytes, concurrency: options.concurrency, hashInWorkers: options.hashInWorkers, warn });
+  const make = () => createBrowserLoader({ budgetBytes: options.budgetBytes, concurrency: options.concurrency, hashInWorkers: options.hashInWorkers, filesOnDisk: options.filesOnDisk, memoryBudgetBytes: options.memoryBudgetBytes, warn, engine: recordingEngine(options.ortBuild) });
   if (!options.reuse) return make();
   shared ??= make();
   return shared;
@@ -122,6 +148,7 @@ async function load(options: HarnessLoad): Promise<HarnessResult> {
   const controller = new AbortController();
   const started = performance.now();
   let blobsReadyMs: number | undefined;
+  engineSeen = null;
   const loader = loaderFor(options);
   try {
     const p = await loader.loadPipeline({
@@ -206,6 +233,7 @@ async function load(options: HarnessLoad): Promise<HarnessResult> {
       image,
       aborted,
       generateBench: generateBenchResult,
+      ...(engineSeen ? { engine: engineSeen } : {}),
       events: options.keepEvents === false ? [] : events,
       ...(options.timeline ? { timeline } : {}),
       warnings: [...warnings],
@@ -378,6 +406,21 @@ const harness = {
   async recordKinds(digests: string[]): Promise<string[]> {
     const values = await getMany<unknown>(digests.map((d) => `blob:${d}`), createStore('fuseload', 'blobs'));
     return values.map((v) => (v === undefined ? 'missing' : (v as object).constructor.name));
+  },
+  /** The names of the OPFS files behind downloaded records (web/blob-files.ts), sorted. */
+  async diskFiles(): Promise<string[]> {
+    const root = await navigator.storage.getDirectory();
+    const folder = await root.getDirectoryHandle('fuseload.files').catch(() => null);
+    const names: string[] = [];
+    if (folder) for await (const name of (folder as unknown as { keys(): AsyncIterable<string> }).keys()) names.push(name);
+    return names.sort();
+  },
+  /** Leaves a file with no record behind, as a load that died mid-download would. */
+  async strandDiskFile(name: string): Promise<void> {
+    const folder = await (await navigator.storage.getDirectory()).getDirectoryHandle('fuseload.files', { create: true });
+    const writable = await (await folder.getFileHandle(name, { create: true })).createWritable();
+    await writable.write(new Uint8Array(1024));
+    await writable.close();
   },
   /** Rewrites a stored blob, unchanged, in the layout before Blob records (a Uint8Array), as an older version of the store left it. */
   async rewriteAsBytes(digest: string) {
