@@ -91,6 +91,11 @@ export interface PipelineInfo {
   /** True when the pipeline came whole from the in-memory pipeline cache. */
   fromPipelineCache: boolean;
   /**
+   * A text-to-image pipeline's native image side (diffusers' default: `unet` sample_size × the VAE's
+   * factor), what `generate` makes when no width or height is given; absent when its configs do not say.
+   */
+  imageSize?: number;
+  /**
    * Per component whose session switches LoRAs without being rebuilt (docs/architecture.md,
    * "Switching LoRAs without a new session"): how many weights the current overlays feed
    * merged (`fed`) and how many ride on a LoRA branch (`branched`). Absent on a pipeline built

@@ -18,7 +18,7 @@ import { createOverlayRuntime, type OverlayLora, type OverlayPlan, overlayKey, r
 import { Progress } from './progress.ts';
 import { createSession } from './sessions.ts';
 import { type BaseWeights, createSwitchRuntime, type LoraSwitchMode, type LoraWeights, type SwitchableComponent, switchableGraph } from './switch.ts';
-import { createGenerator, type Generator } from './text-to-image.ts';
+import { createGenerator, type Generator, nativeImageSize } from './text-to-image.ts';
 
 /**
  * An engine that can also build a session from files where the store keeps the blobs
@@ -323,6 +323,7 @@ export function createLoader(runtime: LoaderRuntime): Loader {
         bytesFetched,
         overlays: plan.applied,
         fromPipelineCache: false,
+        ...(view.kind === 'text-to-image' && nativeImageSize(assets) !== undefined ? { imageSize: nativeImageSize(assets) } : {}),
       };
       const generator = view.kind === 'text-to-image' ? createGenerator(model, sessions, assets) : null;
       return { sessions, info, generator, handles: 0, released: false, switchable, baseWeights, origin, model, view, assets };

@@ -5,6 +5,7 @@
  */
 import { FuseloadError } from '../errors.ts';
 import { readTextToImageAssets, type TextToImageAssets } from '../generate/assets.ts';
+import { vaeSettings } from '../generate/vae-config.ts';
 import { generateImage } from '../generate/text-to-image.ts';
 import type { Role } from '../manifest.ts';
 import type { EngineSession, GenerateOptions, GenerateResult } from '../pipeline.ts';
@@ -13,21 +14,30 @@ export interface Generator {
   generate(options: GenerateOptions): Promise<GenerateResult>;
 }
 
+/**
+ * diffusers' default image side for a pipeline: `unet/config.json`'s sample_size × the VAE's
+ * factor (`vae_decoder/config.json`); undefined when the configs do not say (or cannot be read).
+ */
+export function nativeImageSize(assets: Map<string, Uint8Array>): number | undefined {
+  const json = (path: string): unknown => {
+    const bytes = assets.get(path);
+    return bytes ? JSON.parse(new TextDecoder().decode(bytes)) : undefined;
+  };
+  try {
+    const sampleSize = (json('unet/config.json') as { sample_size?: unknown } | undefined)?.sample_size;
+    if (typeof sampleSize !== 'number' || !Number.isInteger(sampleSize) || sampleSize <= 0) return undefined;
+    return sampleSize * vaeSettings(json('vae_decoder/config.json')).vaeScaleFactor;
+  } catch {
+    return undefined;
+  }
+}
+
 export function createGenerator(model: string, sessions: Partial<Record<Role, EngineSession>>, assets: Map<string, Uint8Array>): Generator {
   let prepared: Promise<{ assets: TextToImageAssets; size?: number }> | null = null;
   async function prepare() {
     const read = async (path: string) => assets.get(path) ?? null;
     const parsed = await readTextToImageAssets(read, { secondTokenizer: !!sessions.text_encoder_2 });
-    // diffusers' default image size: unet.config.sample_size × the VAE's factor.
-    const unet = assets.get('unet/config.json');
-    let sampleSize: unknown;
-    try {
-      sampleSize = unet ? (JSON.parse(new TextDecoder().decode(unet)) as { sample_size?: unknown }).sample_size : undefined;
-    } catch {
-      sampleSize = undefined;
-    }
-    const size = typeof sampleSize === 'number' && Number.isInteger(sampleSize) && sampleSize > 0 ? sampleSize * (parsed.vaeScaleFactor ?? 8) : undefined;
-    return { assets: parsed, size };
+    return { assets: parsed, size: nativeImageSize(assets) };
   }
   return {
     async generate(options) {

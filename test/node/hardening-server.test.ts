@@ -196,10 +196,10 @@ describe('fuseload serve: the memory budget (pixels at once)', () => {
 
 describe('fuseload serve: text-to-image pipelines', () => {
   /** A fake text-to-image pipeline: the interface DESIGN.md describes; a solid colour per seed. */
-  function fakeTextToImage(onGenerate: (r: TextToImageRequest) => Promise<void> = async () => {}) {
+  function fakeTextToImage(onGenerate: (r: TextToImageRequest) => Promise<void> = async () => {}, imageSize?: number) {
     const calls: TextToImageRequest[] = [];
     const pipeline = {
-      info: { kind: 'text-to-image', fingerprint: `sha256:${'c'.repeat(64)}`, manifest: { name: 'sd' }, provider: 'cpu', fallbacks: [], sources: {}, bytesFetched: 0, overlays: [], fromPipelineCache: false },
+      info: { kind: 'text-to-image', fingerprint: `sha256:${'c'.repeat(64)}`, manifest: { name: 'sd' }, provider: 'cpu', fallbacks: [], sources: {}, bytesFetched: 0, overlays: [], fromPipelineCache: false, ...(imageSize ? { imageSize } : {}) },
       sessions: {},
       run: async () => ({}),
       generate: async (r: TextToImageRequest) => {
@@ -228,11 +228,20 @@ describe('fuseload serve: text-to-image pipelines', () => {
     });
   });
 
-  it('sides default to 512 (or --max-side); a prompt is required', async () => {
+  it("sides default to the pipeline's native size (512 where it does not say), at most --max-side; a prompt is required", async () => {
+    for (const [imageSize, side] of [
+      [96, 96],
+      [1024, 128],
+      [undefined, 128],
+    ] as const) {
+      const fake = fakeTextToImage(undefined, imageSize);
+      await withServer({ loadPipeline: fake.loadPipeline, limits: { maxSide: 128 } }, async (server) => {
+        const png = decode(new Uint8Array(await (await post(server.url, { model: 'sd', prompt: 'x' })).arrayBuffer()));
+        expect([png.width, png.height], `native ${imageSize}`).toEqual([side, side]);
+      });
+    }
     const fake = fakeTextToImage();
     await withServer({ loadPipeline: fake.loadPipeline, limits: { maxSide: 128 } }, async (server) => {
-      const res = await post(server.url, { model: 'sd', prompt: 'x' });
-      expect(decode(new Uint8Array(await res.arrayBuffer())).width).toBe(128);
       const none = await post(server.url, { model: 'sd' });
       expect(none.status).toBe(400);
       expect((await errorOf(none)).message).toBe('prompt: required by sd, a text-to-image pipeline');

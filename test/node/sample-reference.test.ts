@@ -44,6 +44,17 @@ afterAll(async () => {
 });
 
 describe('generate() equals an independent torch implementation of the loop', () => {
+  it("without width or height it makes the pipeline's native size (info.imageSize): the torch reference's", async () => {
+    const rt = createNodeRuntime({ storeRoot: join(work, 'store-native'), warn: () => {} });
+    const p = await rt.loadPipeline({ origin: origin.url, model: 'sample', fingerprint });
+    const c = (reference.cases as Case[])[0];
+    const [, height, width] = c.results.euler.image.shape;
+    expect(p.info.imageSize).toBe(width);
+    const { image } = await p.generate({ prompt: c.prompt, steps: 2, latents: await f32(c.init_latents.file) });
+    expect([image.width, image.height]).toEqual([width, height]);
+    await p.dispose();
+  });
+
   for (const scheduler of ['euler', 'ddim'] as const) {
     it(`${scheduler}, ${reference.num_inference_steps} steps, guidance ${reference.guidance_scale}`, async () => {
       const rt = createNodeRuntime({ storeRoot: join(work, `store-${scheduler}`), warn: () => {} });

@@ -118,7 +118,7 @@ function requestSchema(limits: ServerLimits) {
       fingerprint: digest.optional(),
       loras: z.array(lora).max(limits.maxLoras).default([]),
       seed: z.number().int().min(0).max(Number.MAX_SAFE_INTEGER).default(0),
-      /** Defaults depend on the pipeline: 64 for a graph, 512 (or --max-side) for text-to-image. */
+      /** Defaults depend on the pipeline: 64 for a graph; for text-to-image its native size (`info.imageSize`, else 512), at most --max-side. */
       width: side.optional(),
       height: side.optional(),
       prompt: z.string().min(1).max(1000).optional(),
@@ -270,8 +270,8 @@ export function createServerApp(options: ServerOptions) {
       const byUrl = request.loras.findIndex((l) => l.url !== undefined);
       if (byUrl >= 0 && !options.loraUrls) return fail('bad-input', `loras.${byUrl}.url: this server loads LoRAs by digest from its origin only`, 400);
 
-      // Admission by area: unknown sides count at the larger (text-to-image) default.
-      const fallbackSide = Math.min(512, limits.maxSide);
+      // Admission by area: unknown sides count at the most a default can be (a pipeline's native size, within --max-side).
+      const fallbackSide = limits.maxSide;
       const cost = (request.width ?? fallbackSide) * (request.height ?? fallbackSide);
       if (cost > pixelBudget) {
         return fail('too-large', `width × height: ${cost} pixels is more than this server's budget of ${pixelBudget} pixels at once (serve --pixel-budget)`, 413);
@@ -368,8 +368,10 @@ export function createServerApp(options: ServerOptions) {
     const textToImage = asTextToImage(pipeline);
     if (textToImage) {
       if (request.prompt === undefined) throw new RequestError(fail('bad-input', `prompt: required by ${request.model}, a text-to-image pipeline`, 400));
-      const width = request.width ?? Math.min(512, limits.maxSide);
-      const height = request.height ?? Math.min(512, limits.maxSide);
+      // What `p.generate` makes by itself (the pipeline's native size), within this server's limit.
+      const side = Math.min(pipeline.info.imageSize ?? 512, limits.maxSide);
+      const width = request.width ?? side;
+      const height = request.height ?? side;
       const { image } = await textToImage.generate({
         prompt: request.prompt,
         negativePrompt: request.negativePrompt,
