@@ -1,3 +1,4 @@
+import type { ServerResponse } from 'node:http';
 import { afterEach, describe, expect, it } from 'vitest';
 import { sha256 } from '../../common/digest.ts';
 import { isFuseloadError } from '../../common/errors.ts';
@@ -20,6 +21,28 @@ async function failure(promise: Promise<unknown>): Promise<{ code: string; messa
     return { code: e.code, message: e.message };
   }
   throw new Error('expected a failure');
+}
+
+/**
+ * An origin serving `bytes` with a strong ETag: the first request (no Range) gets a 200 that
+ * `firstBody` writes and leaves unfinished; a Range request gets the rest as a 206. `ranges` records
+ * each request's Range header.
+ */
+async function resumableOrigin(bytes: Uint8Array, digest: string, firstBody: (res: ServerResponse) => void) {
+  const ranges: (string | undefined)[] = [];
+  const origin = track(
+    await startHttpOrigin((req, res) => {
+      ranges.push(req.headers.range);
+      if (!req.headers.range) {
+        res.writeHead(200, { 'Content-Length': bytes.length, ETag: `"${digest}"` });
+        return firstBody(res);
+      }
+      const start = Number(/bytes=(\d+)-/.exec(req.headers.range)![1]);
+      res.writeHead(206, { 'Content-Length': bytes.length - start, 'Content-Range': `bytes ${start}-${bytes.length - 1}/${bytes.length}` });
+      res.end(bytes.subarray(start));
+    }),
+  );
+  return { origin, ranges };
 }
 
 /** A body that counts what it produced: `chunk` bytes per pull, `total` at most (Infinity: endless). */
@@ -69,20 +92,8 @@ describe('origin deadlines', () => {
   it('a body that goes silent mid-way is resumed with a Range request after the idle deadline', async () => {
     const bytes = new Uint8Array(64 * 1024).map((_, i) => i & 0xff);
     const digest = await sha256(bytes);
-    const ranges: (string | undefined)[] = [];
-    const origin = track(
-      await startHttpOrigin((req, res) => {
-        ranges.push(req.headers.range);
-        if (!req.headers.range) {
-          res.writeHead(200, { 'Content-Length': bytes.length, ETag: `"${digest}"` });
-          res.write(bytes.subarray(0, 1000)); // then silence, connection open
-          return;
-        }
-        const start = Number(/bytes=(\d+)-/.exec(req.headers.range)![1]);
-        res.writeHead(206, { 'Content-Length': bytes.length - start, 'Content-Range': `bytes ${start}-${bytes.length - 1}/${bytes.length}` });
-        res.end(bytes.subarray(start));
-      }),
-    );
+    // The first response goes silent after 1000 bytes, its connection open.
+    const { origin, ranges } = await resumableOrigin(bytes, digest, (res) => void res.write(bytes.subarray(0, 1000)));
     const result = await downloadBlob({ url: `${origin.url}/blobs/x`, digest, size: bytes.length, fetch, idleTimeoutMs: 200, backoffMs: 10 });
     expect(result.bytes).toEqual(bytes);
     expect(result.rangeRequests).toBe(1);
@@ -194,20 +205,8 @@ describe('downloadAsBlob (shards for an engine that reads Blobs)', () => {
   it('gathers a body resumed mid-staging into a Blob of exactly its bytes', async () => {
     const digest = await sha256(bytes);
     const cut = 5 * 1024 * 1024 + 777;
-    const ranges: (string | undefined)[] = [];
-    const origin = track(
-      await startHttpOrigin((req, res) => {
-        ranges.push(req.headers.range);
-        if (!req.headers.range) {
-          res.writeHead(200, { 'Content-Length': bytes.length, ETag: `"${digest}"` });
-          res.write(bytes.subarray(0, cut), () => res.destroy()); // dropped mid-body
-          return;
-        }
-        const start = Number(/bytes=(\d+)-/.exec(req.headers.range)![1]);
-        res.writeHead(206, { 'Content-Length': bytes.length - start, 'Content-Range': `bytes ${start}-${bytes.length - 1}/${bytes.length}` });
-        res.end(bytes.subarray(start));
-      }),
-    );
+    // The first response is dropped mid-body.
+    const { origin, ranges } = await resumableOrigin(bytes, digest, (res) => void res.write(bytes.subarray(0, cut), () => res.destroy()));
     const result = await downloadAsBlob({ url: `${origin.url}/blobs/x`, digest, size: bytes.length, fetch, backoffMs: 10 });
     expect(ranges[0]).toBeUndefined();
     expect(ranges[1]).toMatch(/^bytes=\d+-$/);
