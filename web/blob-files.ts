@@ -1,20 +1,22 @@
 /**
  * Downloads written to disk as they arrive (docs/architecture.md, "Large pipelines and
  * onnxruntime-web"). For an engine that reads external data from Blobs (onnxruntime-web's JSPI
- * build), each weight shard of a cold load goes into a file of the Origin Private File System, and
- * that file's `File` — bytes on disk, in no process's memory — is hashed, handed to the engine, and
- * stored as the blob's IndexedDB record. Chromium's IndexedDB keeps a file-backed Blob by reference,
- * so the file *is* the record's bytes from then on: IdbStore removes it with the record (delete,
- * eviction, clear). A Blob gathered in memory instead would sit in the browser process's blob
- * storage until the load ended: about the whole pipeline, 2 GiB for an SD-sized one.
+ * build), each weight shard of a load too large for the memory tier goes into a file of the Origin
+ * Private File System, and that file's `File` — bytes on disk, in no process's memory — is hashed,
+ * handed to the engine, and stored as the blob's IndexedDB record. Chromium's IndexedDB keeps a
+ * file-backed Blob by reference, so the file *is* the record's bytes from then on: IdbStore notes the
+ * file's name in the record's `meta:` entry and removes it with the record (delete, eviction, clear).
+ * A Blob gathered in memory instead would sit in the browser process's blob storage until the load
+ * ended: about the whole pipeline, 2 GiB for an SD-sized one.
  *
- * One folder per IndexedDB database (`<dbName>.files/`), one file per blob, named by its digest's hex.
- * A file appears whole or not at all (a writable's bytes reach the file only on `close`), and only
- * under the blob's download lock (`fuseload:blob:<hex>`, held until the record is written): a file
- * with no record whose lock nobody holds was left by a load that died, and `sweep` removes it.
+ * One folder per IndexedDB database (`<dbName>.files/`), one file per download, named
+ * `<digest hex>.<random>` (a download of the same blob again never touches a file still being read).
+ * A file is read until its loader lets go of it (`hold`); a record deleted meanwhile (an eviction by
+ * a later write of the same load, a corrupt record) has its file removed only then. A file that no
+ * record names and whose blob's download lock (`fuseload:blob:<hex>`) nobody holds was left by a
+ * load that died: `sweep` removes it.
  */
-import type { DownloadSink } from '../common/loader/download.ts';
-import { StagedWrites } from '../common/loader/download.ts';
+import { type DownloadSink, StagedWrites } from '../common/loader/download.ts';
 import { type Digest, digestHex } from '../common/digest.ts';
 
 /** The folder surface we use (lib.dom's FileSystemDirectoryHandle, with the iterator some lib versions lack). */
@@ -22,10 +24,10 @@ interface Folder extends FileSystemDirectoryHandle {
   keys(): AsyncIterableIterator<string>;
 }
 
-/** A download's file: `release` says the loader is done reading it (it stays if it is a record's bytes). */
+/** A download's file: `finish` gives its File (named as the file is); `release` once the loader no longer reads it. */
 export type FileSink = DownloadSink<Blob> & { release(): Promise<void> };
 
-/** A file the loader is reading (`readers`), whether a record owns it, and whether it was deleted meanwhile. */
+/** A file the loader reads (`readers`), whether a record names it, and whether that record was deleted meanwhile. */
 interface FileState {
   readers: number;
   recorded: boolean;
@@ -34,14 +36,19 @@ interface FileState {
 
 export class BlobFiles {
   #folder: Promise<Folder | null> | null = null;
-  /** Files of downloads the loader still reads: a record's delete (an eviction) waits for them. */
+  /** Files the loader still reads, by name. */
   readonly #open = new Map<string, FileState>();
 
   constructor(readonly name: string) {}
 
   /** Whether this browser context can write them (OPFS with writable files, and Web Locks). */
   static available(): boolean {
-    return typeof globalThis.navigator?.storage?.getDirectory === 'function' && !!globalThis.navigator.locks && typeof FileSystemFileHandle !== 'undefined' && 'createWritable' in FileSystemFileHandle.prototype;
+    return (
+      typeof globalThis.navigator?.storage?.getDirectory === 'function' &&
+      !!globalThis.navigator.locks &&
+      typeof FileSystemFileHandle !== 'undefined' &&
+      'createWritable' in FileSystemFileHandle.prototype
+    );
   }
 
   #folderHandle(): Promise<Folder | null> {
@@ -55,14 +62,26 @@ export class BlobFiles {
     return this.#folder;
   }
 
-  /** A sink that writes the download of `digest` into its file; null when there is no OPFS here. */
+  /** Whether `name` is a file of ours that a download wrote and the loader still reads (so a record may name it). */
+  isOpen(name: string): boolean {
+    return this.#open.has(name);
+  }
+
+  /** A sink that writes a download of `digest` into a new file; null when there is no OPFS here. */
   async sink(digest: Digest, size: number): Promise<FileSink | null> {
     const folder = await this.#folderHandle();
     if (!folder) return null;
-    const name = digestHex(digest);
-    const handle = await folder.getFileHandle(name, { create: true });
-    const writable = await handle.createWritable();
-    const done = this.hold(digest, false);
+    const name = `${digestHex(digest)}.${crypto.randomUUID().slice(0, 8)}`;
+    const done = this.#hold(name, false);
+    let handle: FileSystemFileHandle;
+    let writable: FileSystemWritableFileStream;
+    try {
+      handle = await folder.getFileHandle(name, { create: true });
+      writable = await handle.createWritable();
+    } catch (e) {
+      await done();
+      throw e;
+    }
     let open = true;
     const staged = new StagedWrites(
       size,
@@ -87,14 +106,18 @@ export class BlobFiles {
     };
   }
 
-  /**
-   * The loader reads `digest`'s file (a download's, or a stored record's handle) until the returned
-   * function is called: a delete of its record meanwhile (an eviction by a later write of the same
-   * load) removes the file only then. A download's file (`recorded` false) goes then unless
-   * `recorded()` was said of it.
-   */
-  hold(digest: Digest, recorded = true): () => Promise<void> {
-    const name = digestHex(digest);
+  /** A record names the file `name` now (IdbStore wrote it): it stays when its loader lets go. */
+  recorded(name: string): void {
+    const state = this.#open.get(name);
+    if (state) state.recorded = true;
+  }
+
+  /** Keeps a record's file `name` readable until the returned function is called, even if the record is deleted meanwhile. */
+  hold(name: string): () => Promise<void> {
+    return this.#hold(name, true);
+  }
+
+  #hold(name: string, recorded: boolean): () => Promise<void> {
     const state = this.#open.get(name) ?? { readers: 0, recorded, deleted: false };
     state.readers++;
     this.#open.set(name, state);
@@ -104,47 +127,44 @@ export class BlobFiles {
       released = true;
       if (--state.readers > 0) return;
       this.#open.delete(name);
-      if (!state.recorded || state.deleted) await (await this.#folderHandle())?.removeEntry(name).catch(() => {});
+      if (!state.recorded || state.deleted) await this.#removeFile(name);
     };
   }
 
-  /** `digest`'s file is now its record's bytes (IdbStore.putBlob of the sink's File). */
-  recorded(digest: Digest): void {
-    const state = this.#open.get(digestHex(digest));
-    if (state) state.recorded = true;
-  }
-
-  /** Removes `digest`'s file (its record is deleted), or, while a load still reads it, once that load is done. */
-  async remove(digest: Digest): Promise<void> {
-    const name = digestHex(digest);
+  /** The record naming file `name` is deleted: the file goes now, or once its readers let go. */
+  async remove(name: string): Promise<void> {
     const state = this.#open.get(name);
     if (state) {
       state.deleted = true;
       return;
     }
-    const folder = await this.#folderHandle();
-    await folder?.removeEntry(name).catch(() => {});
+    await this.#removeFile(name);
+  }
+
+  async #removeFile(name: string): Promise<void> {
+    await (await this.#folderHandle())?.removeEntry(name).catch(() => {});
   }
 
   async clear(): Promise<void> {
     const folder = await this.#folderHandle();
     if (!folder) return;
     const names: string[] = [];
-    for await (const name of folder.keys()) names.push(name);
+    for await (const name of folder.keys()) if (!this.#open.has(name)) names.push(name);
     await Promise.all(names.map((name) => folder.removeEntry(name, { recursive: true }).catch(() => {})));
   }
 
-  /** Removes the files of blobs with no record (`recorded`) whose download lock nobody holds: what a load that died left. */
-  async sweep(recorded: (digest: Digest) => Promise<boolean>): Promise<number> {
+  /** Removes files no record names (`named`), that no loader here reads and whose blob's download lock nobody holds. */
+  async sweep(named: () => Promise<Set<string>>): Promise<number> {
     const folder = await this.#folderHandle();
     if (!folder) return 0;
     const held = new Set(((await navigator.locks.query()).held ?? []).map((l) => l.name));
+    const keep = await named();
     let removed = 0;
     for await (const name of folder.keys()) {
-      // A writable's swap file (`<hex>.crswap`) goes with its blob's.
-      const hex = name.replace(/\.crswap$/, '');
-      if (!/^[0-9a-f]{64}$/.test(hex) || held.has(`fuseload:blob:${hex}`)) continue;
-      if (name === hex && (await recorded(`sha256:${hex}`))) continue;
+      // A writable's swap file (`<name>.crswap`) goes with its file.
+      const file = name.replace(/\.crswap$/, '');
+      const hex = file.slice(0, 64);
+      if (keep.has(file) || this.#open.has(file) || held.has(`fuseload:blob:${hex}`)) continue;
       await folder.removeEntry(name).catch(() => {});
       removed++;
     }

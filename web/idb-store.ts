@@ -9,7 +9,9 @@
  * Blob is copied once on write and read back by the browser's blob path (the one the Cache API
  * reads through): 2–4× faster to read here (test/bench/browser-load.ts), and a reader that only
  * needs a handle (`getBlob`) reads no bytes at all. Records of the older layout (a Uint8Array)
- * are still read.
+ * are still read. A download the loader wrote to an OPFS file (`fileSink`, web/blob-files.ts) is
+ * stored as that file: IndexedDB keeps it by reference, the `meta:` record names it, and it is
+ * removed with the record.
  *
  * It does not vouch for its reads (no `verifiesReads`): IndexedDB has no modification stamp,
  * and any script of the origin or an extension can rewrite a record, so the loader re-hashes
@@ -48,6 +50,8 @@ type StoredRecord = Blob | Uint8Array | ArrayBuffer;
 interface BlobMeta {
   size: number;
   lastUsed: number;
+  /** The OPFS file that holds the record's bytes (a download written to disk, web/blob-files.ts). */
+  file?: string;
 }
 
 const BLOB = 'blob:';
@@ -81,14 +85,15 @@ export class IdbStore implements BlobStore {
    * `File`, given to `putBlob`, becomes the record's bytes. Null where there is no OPFS. The first
    * call also removes files that loads which died left behind.
    */
-  /** Keeps `digest`'s file (if its record is one) until the returned function is called, even if the record is deleted meanwhile. */
-  hold(digest: Digest): () => Promise<void> {
-    return this.#files?.hold(digest) ?? (async () => {});
+  /** Keeps `digest`'s file (if its record's bytes are one) until the returned function is called, even if the record is deleted meanwhile. */
+  async hold(digest: Digest): Promise<() => Promise<void>> {
+    const file = this.#files && (await get<BlobMeta>(META + digest, this.#db))?.file;
+    return file ? this.#files!.hold(file) : async () => {};
   }
 
   async fileSink(digest: Digest, size: number): Promise<FileSink | null> {
     if (!this.#files) return null;
-    this.#swept ??= this.#files.sweep((d) => this.has(d)).catch(() => 0);
+    this.#swept ??= this.#files.sweep(async () => new Set((await this.#metas()).flatMap((m) => (m.file ? [m.file] : [])))).catch(() => 0);
     // Not where the origin's quota cannot take it (the file and, for a moment, IndexedDB's view of it):
     // the download then goes to memory, and a full quota is met where the loader handles it (`put`).
     const { quota, usage } = await navigator.storage.estimate().catch(() => ({ quota: undefined, usage: undefined }));
@@ -154,27 +159,29 @@ export class IdbStore implements BlobStore {
 
   /** `put` of bytes already in a Blob (a download the loader handed on as one): stored as it is, not copied here. */
   putBlob(digest: Digest, blob: Blob): Promise<void> {
-    // A File (a download written to disk, web/blob-files.ts) is kept as a plain Blob of its bytes: a
-    // slice, not a copy; IndexedDB keeps it by reference, so the file is the record's bytes from now on.
-    const file = blob instanceof File;
+    // A download's file (web/blob-files.ts) is kept as a plain Blob of its bytes: a slice, not a copy;
+    // IndexedDB keeps it by reference, so the file is the record's bytes from now on, named in its meta.
+    const file = blob instanceof File && this.#files?.isOpen(blob.name) ? blob.name : undefined;
     const record = file ? blob.slice(0, blob.size) : blob;
-    const next = this.#writes.then(() => this.#put(digest, record)).then(() => void (file && this.#files?.recorded(digest)));
+    const next = this.#writes.then(() => this.#put(digest, record, file)).then(() => void (file && this.#files?.recorded(file)));
     this.#writes = next.catch(() => {});
     return next;
   }
 
-  async #put(digest: Digest, record: Blob): Promise<void> {
+  async #put(digest: Digest, record: Blob, file?: string): Promise<void> {
     const size = record.size;
     if (size > this.budgetBytes) {
       throw new FuseloadError('quota', `blob ${digest}: ${size} bytes is more than the cache budget of ${this.budgetBytes}`);
     }
     await this.#writeTouches().catch(() => {}); // eviction below must see the latest reads
     await this.#evict(digest, (await this.#usedBytes(digest)) + size - this.budgetBytes);
+    // A record this one replaces may have had its bytes in a file of its own: it goes once this is written.
+    const replaced = this.#files && (await get<BlobMeta>(META + digest, this.#db).catch(() => undefined))?.file;
     const write = () =>
       setMany(
         [
           [BLOB + digest, record],
-          [META + digest, { size, lastUsed: Date.now() } satisfies BlobMeta],
+          [META + digest, { size, lastUsed: Date.now(), ...(file ? { file } : {}) } satisfies BlobMeta],
         ],
         this.#db,
       );
@@ -192,21 +199,23 @@ export class IdbStore implements BlobStore {
         throw new FuseloadError('quota', `blob ${digest}: IndexedDB quota exceeded, even after evicting ${freed} bytes`, { cause: again });
       }
     }
+    if (replaced && replaced !== file) await this.#files!.remove(replaced);
   }
 
   async delete(digest: Digest): Promise<void> {
+    const file = this.#files && (await get<BlobMeta>(META + digest, this.#db).catch(() => undefined))?.file;
     await delMany([BLOB + digest, META + digest], this.#db);
-    await this.#files?.remove(digest);
+    if (file) await this.#files!.remove(file);
   }
 
   async *entries(): AsyncIterable<CachedBlob> {
     await this.#writeTouches().catch(() => {});
-    for (const blob of await this.#metas()) yield blob;
+    for (const { digest, size, lastUsed } of await this.#metas()) yield { digest, size, lastUsed };
   }
 
   async info(): Promise<CacheInfo> {
     await this.#writeTouches().catch(() => {});
-    const blobs = await this.#metas();
+    const blobs = (await this.#metas()).map(({ digest, size, lastUsed }) => ({ digest, size, lastUsed }));
     return { count: blobs.length, bytes: blobs.reduce((n, b) => n + b.size, 0), blobs };
   }
 
@@ -218,7 +227,7 @@ export class IdbStore implements BlobStore {
     await this.#files?.clear();
   }
 
-  async #metas(): Promise<CachedBlob[]> {
+  async #metas(): Promise<(CachedBlob & { file?: string })[]> {
     const range = IDBKeyRange.bound(META, `${META}\uffff`);
     const [keys, values] = await this.#db('readonly', (store) =>
       Promise.all([promisifyRequest(store.getAllKeys(range)), promisifyRequest(store.getAll(range))]),

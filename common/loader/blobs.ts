@@ -65,7 +65,7 @@ interface HandleStore extends BlobStore {
    */
   fileSink?(digest: Digest, size: number): Promise<(DownloadSink<Blob> & { release(): Promise<void> }) | null>;
   /** Keeps what backs `digest`'s handle readable until the returned function is called, even if its record is deleted meanwhile. */
-  hold?(digest: Digest): () => Promise<void>;
+  hold?(digest: Digest): Promise<() => Promise<void>>;
 }
 
 const hasHandles = (store: BlobStore): store is HandleStore =>
@@ -173,7 +173,7 @@ export function createBlobSource(o: BlobSourceOptions) {
     try {
       if (asHandle && hasHandles(store)) {
         // Held from before the read: an eviction by this load's own writes must not pull the file from under the engine.
-        const unhold = store.hold?.(ref.digest);
+        const unhold = await store.hold?.(ref.digest);
         if (unhold) void settled(options.heldUntil).then(unhold);
         handle = await store.getBlob(ref.digest);
       } else if (verifyLater && hasher && !store.verifiesReads && hasHandles(store)) {

@@ -227,23 +227,30 @@ describe('browser runtime in Chromium', () => {
     expect(maxAbsDiff(result.output.data, reference)).toBeLessThan(1e-4);
   });
 
-  test('an aborted load stops cleanly and leaves no partial record', async () => {
-    const shard = biggestShard();
-    origin.reset();
-    origin.stallAfter(artifact.blobPath(shard.digest), 1000);
-    const page = await openPage();
-    const result = await load(page, { device: 'wasm', abortWhen: { file: shard.digest, loaded: 1000 } });
-    expect(result.ok).toBe(false);
-    expect(result.error?.code).toBe('aborted');
+  for (const tier of ['fits the memory tier', 'downloaded into files on disk'] as const) {
+    test(`an aborted load stops cleanly and leaves no partial record (${tier})`, async () => {
+      const shard = biggestShard();
+      origin.reset();
+      origin.stallAfter(artifact.blobPath(shard.digest), 1000);
+      const page = await openPage();
+      const onDisk = tier === 'downloaded into files on disk' ? { memoryBudgetBytes: 1024 } : {};
+      const result = await load(page, { device: 'wasm', abortWhen: { file: shard.digest, loaded: 1000 }, ...onDisk });
+      expect(result.ok).toBe(false);
+      expect(result.error?.code).toBe('aborted');
 
-    const cache = await page.evaluate(() => window.harness.cacheInfo());
-    const sizes = new Map<string, number>([[artifact.fingerprint, -1], ...artifact.blobs.map((b) => [b.digest, b.size] as [string, number])]);
-    expect(cache.blobs.map((b) => b.digest)).not.toContain(shard.digest);
-    for (const b of cache.blobs) {
-      expect(sizes.has(b.digest)).toBe(true);
-      if (b.digest !== artifact.fingerprint) expect(b.size).toBe(sizes.get(b.digest));
-    }
-  });
+      const cache = await page.evaluate(() => window.harness.cacheInfo());
+      const sizes = new Map<string, number>([[artifact.fingerprint, -1], ...artifact.blobs.map((b) => [b.digest, b.size] as [string, number])]);
+      expect(cache.blobs.map((b) => b.digest)).not.toContain(shard.digest);
+      for (const b of cache.blobs) {
+        expect(sizes.has(b.digest)).toBe(true);
+        if (b.digest !== artifact.fingerprint) expect(b.size).toBe(sizes.get(b.digest));
+      }
+      // Every file left on disk is a record's bytes: none for the download that was cut off.
+      const recorded = cache.blobs.map((b) => b.digest.slice('sha256:'.length));
+      const files = await page.evaluate(() => window.harness.diskFiles());
+      expect(files.filter((f) => !recorded.includes(f))).toEqual([]);
+    });
+  }
 
   test('two tabs loading the same model download each blob once', async () => {
     const context = await browser.newContext();

@@ -407,12 +407,12 @@ const harness = {
     const values = await getMany<unknown>(digests.map((d) => `blob:${d}`), createStore('fuseload', 'blobs'));
     return values.map((v) => (v === undefined ? 'missing' : (v as object).constructor.name));
   },
-  /** The names of the OPFS files behind downloaded records (web/blob-files.ts), sorted. */
+  /** The blobs (digest hex) of the OPFS files behind downloaded records (web/blob-files.ts: `<hex>.<random>`), sorted. */
   async diskFiles(): Promise<string[]> {
     const root = await navigator.storage.getDirectory();
     const folder = await root.getDirectoryHandle('fuseload.files').catch(() => null);
     const names: string[] = [];
-    if (folder) for await (const name of (folder as unknown as { keys(): AsyncIterable<string> }).keys()) names.push(name);
+    if (folder) for await (const name of (folder as unknown as { keys(): AsyncIterable<string> }).keys()) names.push(name.slice(0, 64));
     return names.sort();
   },
   /** Leaves a file with no record behind, as a load that died mid-download would. */
