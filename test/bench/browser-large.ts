@@ -41,6 +41,8 @@ const DEVICES = arg('--devices', 'wasm,webgpu').split(',') as ('wasm' | 'webgpu'
 /** The loader's memory tier (default: the browser loader's own default). */
 const MEMORY_BUDGET = args.includes('--memory-budget') ? Number(arg('--memory-budget', '0')) : undefined;
 const WEIGHT_BYTES = 32 * MiB;
+/** The longest a load may take here (a cold WebGPU load on SwiftShader takes about 25 s). */
+const LOAD_DEADLINE_MS = 5 * 60_000;
 const SHARES: Record<string, number> = { text_encoder: 0.12, unet: 0.83, vae_decoder: 0.05 };
 const MODEL_INDEX = {
   _class_name: 'OnnxStableDiffusionPipeline',
@@ -193,8 +195,19 @@ async function measure(profile: string, pagesUrl: string, origin: string, device
     });
     // Held: the pipeline is loaded and has generated; our own copies of its bytes are let go by now.
     let settled = false;
-    void running.finally(() => (settled = true));
-    while (!settled && !(await page.evaluate(() => window.workerHarness.holding()))) await new Promise((r) => setTimeout(r, 250));
+    void running.then(
+      () => (settled = true),
+      () => (settled = true),
+    );
+    // A load that never ends fails the bench, saying where it stood, instead of holding it forever.
+    const deadline = Date.now() + LOAD_DEADLINE_MS;
+    while (!settled && !(await page.evaluate(() => window.workerHarness.holding()))) {
+      if (Date.now() > deadline) {
+        const last = await page.evaluate(() => window.workerHarness.lastProgress());
+        throw new Error(`${device}: the load did not finish in ${LOAD_DEADLINE_MS / 1000} s; its last progress event: ${JSON.stringify(last)}`);
+      }
+      await new Promise((r) => setTimeout(r, 250));
+    }
     if (settled) return { result: await running, baseline, peak: 0, held: 0, gpuPeak: 0, browserPeak: 0 };
     await new Promise((r) => setTimeout(r, 3000));
     const held = renderer(await chromiumMemory(profile))?.rss ?? 0;

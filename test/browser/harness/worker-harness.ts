@@ -72,7 +72,10 @@ async function load(options: WorkerHarnessLoad): Promise<WorkerHarnessResult> {
       tag: options.tag,
       fingerprint: options.fingerprint,
       device: options.device,
-      onProgress: () => void progressEvents++,
+      onProgress: (e) => {
+        progressEvents++;
+        lastProgress = { phase: e.phase, file: e.file.slice(0, 15), loaded: e.loaded, total: e.total, ...(e.component ? { component: e.component } : {}) };
+      },
     });
     const { manifest: _manifest, ...info } = p.info;
     result.info = info;
@@ -128,8 +131,12 @@ async function load(options: WorkerHarnessLoad): Promise<WorkerHarnessResult> {
   return result;
 }
 
+/** The last progress event of the load running (for a bench that gives up on it). */
+let lastProgress: { phase: string; file: string; loaded: number; total: number; component?: string } | null = null;
+
 const workerHarness = {
   load,
+  lastProgress: () => lastProgress,
   /** Ends a `hold`: the held pipeline is disposed and its load() resolves. */
   release() {
     held?.();
