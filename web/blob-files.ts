@@ -34,6 +34,47 @@ interface FileState {
   deleted: boolean;
 }
 
+/** Writes into one file: a sync access handle in a worker (synchronous, no swap file), else a writable stream. */
+interface FileWriter {
+  write(bytes: Uint8Array, at: number): void | Promise<unknown>;
+  truncate(): void | Promise<unknown>;
+  close(): Promise<void>;
+  abort(): Promise<void>;
+}
+
+/** The surface of a sync access handle we use (lib.dom has it only for workers). */
+interface SyncAccessHandle {
+  write(buffer: Uint8Array, options: { at: number }): number;
+  truncate(size: number): void;
+  flush(): void;
+  close(): void;
+}
+
+async function openWriter(handle: FileSystemFileHandle): Promise<FileWriter> {
+  const sync = (handle as FileSystemFileHandle & { createSyncAccessHandle?: () => Promise<SyncAccessHandle> }).createSyncAccessHandle;
+  if (typeof sync === 'function' && typeof (globalThis as { WorkerGlobalScope?: unknown }).WorkerGlobalScope !== 'undefined') {
+    const h = await sync.call(handle);
+    return {
+      write: (bytes, at) => {
+        for (let done = 0; done < bytes.byteLength; ) done += h.write(bytes.subarray(done), { at: at + done });
+      },
+      truncate: () => h.truncate(0),
+      close: async () => {
+        h.flush();
+        h.close();
+      },
+      abort: async () => h.close(),
+    };
+  }
+  const writable = await handle.createWritable();
+  return {
+    write: (bytes, at) => writable.write({ type: 'write', position: at, data: bytes as Uint8Array<ArrayBuffer> }),
+    truncate: () => writable.truncate(0),
+    close: () => writable.close(),
+    abort: () => writable.abort().catch(() => {}),
+  };
+}
+
 export class BlobFiles {
   #folder: Promise<Folder | null> | null = null;
   /** Files the loader still reads, by name. */
@@ -74,32 +115,28 @@ export class BlobFiles {
     const name = `${digestHex(digest)}.${crypto.randomUUID().slice(0, 8)}`;
     const done = this.#hold(name, false);
     let handle: FileSystemFileHandle;
-    let writable: FileSystemWritableFileStream;
+    let file: FileWriter;
     try {
       handle = await folder.getFileHandle(name, { create: true });
-      writable = await handle.createWritable();
+      file = await openWriter(handle);
     } catch (e) {
       await done();
       throw e;
     }
     let open = true;
-    const staged = new StagedWrites(
-      size,
-      (bytes, at) => writable.write({ type: 'write', position: at, data: bytes as Uint8Array<ArrayBuffer> }),
-      () => writable.truncate(0),
-    );
+    const staged = new StagedWrites(size, file.write, file.truncate);
     return {
       write: (chunk, at) => staged.write(chunk, at),
       async finish() {
         await staged.end();
         open = false;
-        await writable.close();
+        await file.close();
         return handle.getFile();
       },
       release: async () => {
         if (open) {
           open = false;
-          await writable.abort().catch(() => {});
+          await file.abort();
         }
         await done();
       },

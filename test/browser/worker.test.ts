@@ -79,6 +79,26 @@ describe('createWorkerLoader in Chromium', () => {
     await page.context().close();
   });
 
+  test('a cold load in the worker that does not fit its memory tier writes the shards to files on disk (sync access handles) and gives the same output', async () => {
+    const page = await openPage();
+    const direct = await onPage(page, { origin: sampleOrigin.url, model: sample.name, tag: sample.tag, device: 'wasm', run: RUN });
+    expect(direct.ok).toBe(true);
+    await page.evaluate(() => window.harness.clearCache());
+    const r = await inWorker(page, { origin: sampleOrigin.url, model: sample.name, tag: sample.tag, device: 'wasm', run: RUN, loader: { memoryBudgetBytes: 1024 } });
+    expectOk(r);
+    expect(Object.values(r.info!.sources)).toEqual(sample.blobs.map(() => 'network'));
+    expect(r.output).toEqual(direct.output);
+    // Each shard's file is now its record's bytes, written from the worker.
+    const shards = sample.manifest.shards.map((s) => s.digest.slice('sha256:'.length)).sort();
+    expect(await page.evaluate(() => window.harness.diskFiles())).toEqual([...new Set(shards)]);
+    // And a warm load in the worker reads them back.
+    const warm = await inWorker(page, { origin: sampleOrigin.url, model: sample.name, tag: sample.tag, device: 'wasm', run: RUN, loader: { memoryBudgetBytes: 1024 } });
+    expectOk(warm);
+    expect(Object.values(warm.info!.sources)).toEqual(sample.blobs.map(() => 'store'));
+    expect(warm.output).toEqual(direct.output);
+    await page.context().close();
+  });
+
   test('generate with onStep, and an aborted generate leaves the pipeline working', async () => {
     const page = await openPage();
     const direct = await onPage(page, { origin: sdOrigin.url, model: sd.model, tag: 'latest', device: 'wasm', generate: GENERATE });
