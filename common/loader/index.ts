@@ -323,7 +323,7 @@ export function createLoader(runtime: LoaderRuntime): Loader {
         bytesFetched,
         overlays: plan.applied,
         fromPipelineCache: false,
-        ...(view.kind === 'text-to-image' && nativeImageSize(assets) !== undefined ? { imageSize: nativeImageSize(assets) } : {}),
+        ...imageSizeOf(view.kind, assets),
       };
       const generator = view.kind === 'text-to-image' ? createGenerator(model, sessions, assets) : null;
       return { sessions, info, generator, handles: 0, released: false, switchable, baseWeights, origin, model, view, assets };
@@ -602,6 +602,12 @@ function dropWeights(held: Map<Digest, Uint8Array | Blob>, pending: [Role, Compo
   const at = pending.findIndex(([role]) => role === built);
   const later = new Set(pending.slice(at + 1).flatMap(([, c]) => c.shards.map((s) => s.digest)));
   for (const s of pending[at][1].shards) if (!later.has(s.digest)) held.delete(s.digest);
+}
+
+/** `PipelineInfo.imageSize` of a text-to-image pipeline whose configs say it (parsed once). */
+function imageSizeOf(kind: string, assets: Map<string, Uint8Array>): { imageSize?: number } {
+  const imageSize = kind === 'text-to-image' ? nativeImageSize(assets) : undefined;
+  return imageSize === undefined ? {} : { imageSize };
 }
 
 /** A blob getBlobs handed out as bytes (every one not asked for as a handle). */
