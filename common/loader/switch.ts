@@ -92,7 +92,8 @@ export function switchableGraph(
     else if (feeding === 'copied') fixed.set(t.name, `${problem}, and a fed weight would be copied on every run`);
     else fed.set(t.name, t);
   }
-  const withBranches = withLoraBranches(graph, branched.keys(), label);
+  // onnxruntime-node (CPU, CUDA) fuses the branch's last MatMul and an Add into a Gemm; WASM runs a Sum faster (withLoraBranches).
+  const withBranches = withLoraBranches(graph, branched.keys(), label, provider === 'cpu' || provider === 'cuda' ? 'Add' : 'Sum');
   for (const [name, why] of withBranches.skipped) {
     branched.delete(name);
     fixed.set(name, why);

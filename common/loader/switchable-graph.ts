@@ -244,8 +244,13 @@ function symbolicInput(name: string, dtype: 'float32' | 'float16', rank: number)
  * Adds a LoRA branch beside every layer in `weights` that has a branch form (see LoraBranch).
  * The layer's own output is renamed `<y>::base` and `<y>` becomes the sum, so every reader of
  * `<y>` sees the branch; the new nodes follow the layer in node order.
+ *
+ * `join` is the op that adds the branch to the layer's output. onnxruntime fuses a MatMul and the Add
+ * after it into one Gemm (its MatMulAddFusion; not a Sum): on onnxruntime-node's CPU provider that
+ * took a rank-16 branch on every layer from 1.055 to 1.025 of the plain run, while on WASM the Gemm
+ * was slower than the MatMul it replaced, so there it is a Sum (test/bench/overlay.ts).
  */
-export function withLoraBranches(graph: Uint8Array, weights: Iterable<string>, what: string): BranchGraph {
+export function withLoraBranches(graph: Uint8Array, weights: Iterable<string>, what: string, join: 'Add' | 'Sum' = 'Sum'): BranchGraph {
   const model = readFields(graph, what);
   const graphIndex = model.findIndex((f) => f.field === MODEL_GRAPH && f.wire === 2);
   if (graphIndex < 0) throw new FuseloadError('bad-input', `${what}: not an ONNX model (no graph)`);
@@ -304,8 +309,7 @@ export function withLoraBranches(graph: Uint8Array, weights: Iterable<string>, w
             nodeBytes([x, down], [mid], 'Conv', `${at}/down`, layer.fields.filter((f) => f.field === NODE_ATTRIBUTE && ['strides', 'pads', 'dilations', 'auto_pad'].includes(fieldString(readFields(f.payload, what), ATTR_NAME) ?? '')).map((f) => f.raw)),
             nodeBytes([mid, up], [delta], 'Conv', `${at}/up`),
           ];
-    // Sum, not Add: onnxruntime would fuse MatMul + Add into a Gemm, slower than the MatMul it replaces on WASM.
-    nodes.push(nodeBytes([base, delta], [y], 'Sum', `${at}/add`));
+    nodes.push(nodeBytes([base, delta], [y], join, `${at}/add`));
     after.set(layer.index, nodes);
     const rank = kind === 'linear' ? 2 : 4;
     inputs.push(symbolicInput(down, dtype, rank), symbolicInput(up, dtype, rank));
