@@ -20,6 +20,12 @@
  * Reported beside them:
  *   warm_arraybuffer_idb_ratio  = the warm load / a raw read of the same bytes as Uint8Array records (the older layout)
  *   cold_memorystore_ratio      = the cold load with a MemoryStore / bare fetch: the loader without IndexedDB writes
+ *   cold_link_ratio             = the cold load / the bare fetch, both from an origin that sends at most `BENCH_GBIT`
+ *                                 Gbit/s (default 1) over all its responses: a network link. On loopback the bare
+ *                                 fetch alone keeps about 1.6 of this machine's 2 cores busy (the origin, Chromium's
+ *                                 network service and renderer), and Chromium's SHA-256 (WebCrypto, ~750 MB/s here,
+ *                                 run on the calling thread) needs another half of its wall time in CPU, so
+ *                                 `cold_ratio` measures the cores; over a link the CPU waits on the network
  *   cold_in_memory_ratio        = the cold load with a memory tier the weights fit (512 MiB) / bare fetch: shards
  *                                 downloaded as bytes, hashed as they stream; the default tier (256 MiB) does not
  *                                 hold these 280 MiB, so `cold_ratio`'s load writes them to files on disk instead
@@ -83,6 +89,7 @@ const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.len
 const fmt = (ms: number) => `${ms.toFixed(0)} ms`;
 const spread = (xs: number[], digits = 2) => `${median(xs).toFixed(digits)} [${Math.min(...xs).toFixed(digits)}–${Math.max(...xs).toFixed(digits)}]`;
 const RUNS = Number(process.env.BENCH_RUNS ?? 7) || 7;
+const GBIT = Number(process.env.BENCH_GBIT ?? 1) || 1;
 
 /** Runs the steps in this order on even rounds and reversed on odd ones (drift in a loaded machine cancels). */
 async function alternating(round: number, steps: (() => Promise<void>)[]): Promise<void> {
@@ -101,6 +108,7 @@ async function main() {
   const pagesDir = await buildPages(['harness']);
   const site = await startOrigin({ root: pagesDir });
   const origin = await startOrigin({ root: big.dir });
+  const link = await startOrigin({ root: big.dir, bytesPerSecond: (GBIT * 1e9) / 8 });
   const profile = await mkdtemp(join(tmpdir(), 'fuseload-bench-profile-'));
   const context = await launchPersistentChromium(profile);
   try {
@@ -108,6 +116,7 @@ async function main() {
     await page.goto(site.url + PAGE_PATHS.harness);
     await page.waitForFunction(() => document.title === 'harness ready');
     const urls = blobs.map((b) => `${origin.url}/blobs/sha256/${b.digest.slice(7)}`);
+    const linkUrls = blobs.map((b) => `${link.url}/blobs/sha256/${b.digest.slice(7)}`);
     const digests = blobs.map((b) => b.digest);
     const load = (options: Partial<HarnessLoad> = {}) =>
       page.evaluate((o) => window.harness.load(o), { origin: origin.url, model: 'big', tag: 'latest', device: 'wasm' as const, keepEvents: false, ...options }) as Promise<HarnessResult>;
@@ -144,6 +153,13 @@ async function main() {
       r.coldStored = cold.storedMs!;
       const memoryOnly = check(await load({ memoryStore: true }), 'network');
       r.coldMemory = memoryOnly.blobsReadyMs!;
+      // The same over the link.
+      await page.evaluate(() => window.harness.clearCache());
+      await settle();
+      await alternating(round, [
+        async () => void (r.linkFetch = await page.evaluate((u) => window.harness.bench.bareFetch(u), linkUrls)),
+        async () => void (r.linkCold = check(await load({ origin: link.url }), 'network').blobsReadyMs!),
+      ]);
 
       await settle();
       // Warm: the loader against raw reads of the same bytes and the Cache API, order alternating.
@@ -159,7 +175,7 @@ async function main() {
       r.warmUsable = warm.ms;
       rows.push(r);
       console.log(
-        `round ${round + 1}: fetch ${fmt(r.fetch)} cold ${fmt(r.cold)} (stored ${fmt(r.coldStored)}) memory-store ${fmt(r.coldMemory)} in-memory ${fmt(r.coldInMemory)} | ` +
+        `round ${round + 1}: fetch ${fmt(r.fetch)} cold ${fmt(r.cold)} (stored ${fmt(r.coldStored)}) memory-store ${fmt(r.coldMemory)} in-memory ${fmt(r.coldInMemory)} link: fetch ${fmt(r.linkFetch)} cold ${fmt(r.linkCold)} | ` +
           `idb ${fmt(r.idb)} cache ${fmt(r.cache)} idb-uint8 ${fmt(r.idbArrayBuffer)} warm ${fmt(r.warm)} usable ${fmt(r.warmUsable)} peer+session ${fmt(r.cacheSession)}`,
       );
     }
@@ -173,11 +189,13 @@ async function main() {
       warm_arraybuffer_idb_ratio: ratio('warm', 'idbArrayBuffer'),
       cold_memorystore_ratio: ratio('coldMemory', 'fetch'),
       cold_in_memory_ratio: ratio('coldInMemory', 'fetch'),
+      cold_link_ratio: ratio('linkCold', 'linkFetch'),
     };
     console.log(`bare fetch            ${fmt(median(col('fetch')))}  (${((bytes / MiB / median(col('fetch'))) * 1000).toFixed(0)} MiB/s)`);
     console.log(`cold loadPipeline     ${fmt(median(col('cold')))} blobs fetched+verified, ${fmt(median(col('coldStored')))} until stored in IndexedDB`);
     console.log(`cold, MemoryStore     ${fmt(median(col('coldMemory')))}`);
     console.log(`cold, fits in memory  ${fmt(median(col('coldInMemory')))} (downloaded as bytes)`);
+    console.log(`over a ${GBIT} Gbit/s link: bare fetch ${fmt(median(col('linkFetch')))}, cold loadPipeline ${fmt(median(col('linkCold')))}`);
     console.log(`raw IndexedDB read    ${fmt(median(col('idb')))} (Blob records); ${fmt(median(col('idbArrayBuffer')))} as Uint8Array records`);
     console.log(`Cache API read        ${fmt(median(col('cache')))}; with the WASM session ${fmt(median(col('cacheSession')))}`);
     console.log(`warm loadPipeline     ${fmt(median(col('warm')))} bytes to the engine, ${fmt(median(col('warmUsable')))} resolved (verified, WASM session built)`);
@@ -188,6 +206,7 @@ async function main() {
     await context.close();
     await site.close();
     await origin.close();
+    await link.close();
     await rm(profile, { recursive: true, force: true });
     await rm(pagesDir, { recursive: true, force: true });
   }

@@ -38,6 +38,8 @@ export interface OriginOptions {
   host?: string;
   /** Holds each `/blobs/` response back this long, so concurrent loaders overlap. */
   delayMs?: number;
+  /** Sends bodies no faster than this, all responses together: a network link instead of loopback (benches). */
+  bytesPerSecond?: number;
 }
 
 export interface Origin {
@@ -79,6 +81,8 @@ export async function startOrigin(options: OriginOptions): Promise<Origin> {
   const failures = new Map<string, { status: number; times: number }>();
   const mounts = Object.entries(options.mounts ?? {}).sort((a, b) => b[0].length - a[0].length);
   const etags = new Map<string, string>();
+  // The link (bytesPerSecond): when it is free again, all bodies sharing it.
+  let linkFreeAt = 0;
 
   function resolveFile(path: string): string | null {
     for (const [prefix, dir] of mounts) if (path.startsWith(prefix)) return safeJoin(dir, path.slice(prefix.length));
@@ -170,9 +174,14 @@ export async function startOrigin(options: OriginOptions): Promise<Origin> {
           return resolve();
         }
         const ok = res.write(part);
-        if (!ok) {
+        const rate = options.bytesPerSecond;
+        const wait = rate ? (linkFreeAt = Math.max(performance.now(), linkFreeAt) + (part.byteLength / rate) * 1000) - performance.now() : 0;
+        if (!ok || wait > 1) {
           stream.pause();
-          res.once('drain', () => stream.resume());
+          let pending = (ok ? 0 : 1) + (wait > 1 ? 1 : 0);
+          const go = () => void (--pending === 0 && stream.resume());
+          if (!ok) res.once('drain', go);
+          if (wait > 1) setTimeout(go, wait);
         }
       });
       stream.on('end', () => {
