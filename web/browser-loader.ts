@@ -62,7 +62,7 @@ export interface BrowserLoader extends Loader {
 export function createBrowserLoader(options: BrowserLoaderOptions = {}): BrowserLoader {
   const store = new IdbStore({ dbName: options.dbName, budgetBytes: options.budgetBytes, filesOnDisk: options.filesOnDisk });
   const loader = createLoader({
-    engine: options.engine ?? createOrtEngine({ wasmPaths: options.wasmPaths }),
+    engine: options.engine ?? createOrtEngine({ wasmPaths: options.wasmPaths, warn: options.warn }),
     store,
     withLock: withBlobLock,
     // IndexedDB writes compete with downloads and hashing for the same cores: write once the blobs are in.

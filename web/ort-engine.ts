@@ -10,6 +10,7 @@
  * (`externalDataBlobs`) and a 2 GiB UNet is never whole in JavaScript beside ORT's own copy.
  */
 import type * as Ort from 'onnxruntime-web/webgpu';
+import { STALL_MS, StallSafeBlob } from './blob-reads.ts';
 import { type DeviceFeeds, type DeviceSessionLike, type DeviceTensor, isDeviceTensor, type SessionDevice } from '../common/generate/device/types.ts';
 import type { Device, Engine, EngineSession, ExternalDataFile, Feeds, Provider, TensorLike, WeightFeeding } from '../common/pipeline.ts';
 
@@ -23,6 +24,8 @@ export interface OrtEngineOptions {
   wasmPaths?: string;
   /** The ORT build (default `jspi` where `WebAssembly.Suspending` exists, else `asyncify`). */
   build?: OrtBuild;
+  /** Told when a read of a stored shard stalled and was started again (web/blob-reads.ts). */
+  warn?: (message: string) => void;
 }
 
 /** Whether this browser has JavaScript Promise Integration, which the JSPI build needs. */
@@ -109,6 +112,7 @@ export interface OrtEngine extends Engine {
 }
 
 export function createOrtEngine(options: OrtEngineOptions = {}): OrtEngine {
+  const { warn } = options;
   const wasmPaths = options.wasmPaths ?? new URL('/ort/', globalThis.location?.href).href;
   const build = options.build ?? (hasJspi() ? 'jspi' : 'asyncify');
   if (build === 'jspi' && !hasJspi()) throw new Error("onnxruntime-web's JSPI build needs WebAssembly.Suspending, which this browser lacks");
@@ -136,7 +140,8 @@ export function createOrtEngine(options: OrtEngineOptions = {}): OrtEngine {
       }
       const options: Ort.InferenceSession.SessionOptions = {
         executionProviders: [provider],
-        externalData: externalData.map((f) => ({ path: f.path, data: f.data })),
+        // A stored shard's Blob is wrapped so that ORT's reads of it cannot hang (blob-reads.ts).
+        externalData: externalData.map((f) => ({ path: f.path, data: f.data instanceof Blob ? new StallSafeBlob(f.data, { onStall: (at) => warn?.(stallMessage(f.path, at)) }) : f.data })),
         graphOptimizationLevel: 'all',
         logSeverityLevel: 3,
       };
@@ -153,6 +158,8 @@ export function createOrtEngine(options: OrtEngineOptions = {}): OrtEngine {
     },
   };
 }
+
+const stallMessage = (path: string, at: number) => `${path}: a read at byte ${at} brought nothing for ${STALL_MS / 1000} s; reading on with a new reader`;
 
 // ------------------------------------------------------------------------- LoRA switching (common/loader/switch.ts)
 

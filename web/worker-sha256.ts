@@ -11,6 +11,7 @@
  *
  * Blobs and finished downloads are hashed one at a time: each is a whole shard in memory here.
  */
+import { readBlobInto } from './blob-reads.ts';
 import type { FromHasher, ToHasher } from './worker-hasher.ts';
 
 const scope = self as unknown as {
@@ -57,25 +58,16 @@ async function readInto(blob: Blob): Promise<Uint8Array<ArrayBuffer>> {
     reused = null;
     reused = new ArrayBuffer(blob.size);
   }
-  const reader = blob.stream().getReader({ mode: 'byob' });
-  let buffer = reused;
+  const buffer = reused;
   reused = null; // a BYOB read detaches the buffer it is given: the one it hands back is kept below
-  let filled = 0;
   try {
-    while (filled < blob.size) {
-      const { done, value } = await reader.read(new Uint8Array(buffer, filled, blob.size - filled));
-      if (!value) break;
-      buffer = value.buffer;
-      filled += value.byteLength;
-      if (done) break;
-    }
+    // Through a BlobCursor: a BYOB read of a Blob can hang in Chromium (blob-reads.ts).
+    const bytes = await readBlobInto(blob, new Uint8Array(buffer, 0, blob.size));
+    reused = bytes.buffer;
+    return bytes;
   } finally {
-    reader.releaseLock();
+    idle = setTimeout(() => (reused = null), IDLE_MS);
   }
-  reused = buffer;
-  idle = setTimeout(() => (reused = null), IDLE_MS);
-  if (filled !== blob.size) throw new Error(`the Blob gave ${filled} of its ${blob.size} bytes`);
-  return new Uint8Array(buffer, 0, filled);
 }
 
 scope.addEventListener('message', (event) => {

@@ -34,7 +34,8 @@ function post(message: FromWorker, transfer: Transferable[] = []): void {
 }
 
 function makeLoader(options: Omit<BrowserLoaderOptions, 'warn' | 'engine'>): BrowserLoader {
-  return createBrowserLoader({ ...options, engine: yielding(createOrtEngine({ wasmPaths: options.wasmPaths })), warn: (message) => post({ type: 'warn', message }) });
+  const warn = (message: string) => post({ type: 'warn', message });
+  return createBrowserLoader({ ...options, engine: yielding(createOrtEngine({ wasmPaths: options.wasmPaths, warn })), warn });
 }
 
 function current(): BrowserLoader {

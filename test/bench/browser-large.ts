@@ -42,7 +42,7 @@ const DEVICES = arg('--devices', 'wasm,webgpu').split(',') as ('wasm' | 'webgpu'
 const MEMORY_BUDGET = args.includes('--memory-budget') ? Number(arg('--memory-budget', '0')) : undefined;
 const WEIGHT_BYTES = 32 * MiB;
 /** The longest a load may take here (a cold WebGPU load on SwiftShader takes about 25 s). */
-const LOAD_DEADLINE_MS = 5 * 60_000;
+const LOAD_DEADLINE_MS = Number(arg('--deadline-s', '300')) * 1000;
 const SHARES: Record<string, number> = { text_encoder: 0.12, unet: 0.83, vae_decoder: 0.05 };
 const MODEL_INDEX = {
   _class_name: 'OnnxStableDiffusionPipeline',
@@ -204,7 +204,8 @@ async function measure(profile: string, pagesUrl: string, origin: string, device
     while (!settled && !(await page.evaluate(() => window.workerHarness.holding()))) {
       if (Date.now() > deadline) {
         const last = await page.evaluate(() => window.workerHarness.lastProgress());
-        throw new Error(`${device}: the load did not finish in ${LOAD_DEADLINE_MS / 1000} s; its last progress event: ${JSON.stringify(last)}`);
+        const files = await page.evaluate(() => window.workerHarness.progressByFile());
+        throw new Error(`${device}: the load did not finish in ${LOAD_DEADLINE_MS / 1000} s; its last progress event: ${JSON.stringify(last)}; each file's last: ${JSON.stringify(files)}`);
       }
       await new Promise((r) => setTimeout(r, 250));
     }
@@ -250,6 +251,7 @@ async function main() {
               `renderer peak ${gibOf(m.peak)} (${(m.peak / art.bytes).toFixed(2)}× the artifact), held ${gibOf(m.held)} (${(m.held / art.bytes).toFixed(2)}×), before the load ${gibOf(m.baseline)}; ` +
               `GPU process peak ${gibOf(m.gpuPeak)}, browser process peak ${gibOf(m.browserPeak)}; main-thread long tasks: ${r.longTasks.length ? r.longTasks.join(', ') + ' ms' : 'none'}`,
           );
+          for (const w of r.warnings) console.log(`  warning: ${w}`);
           values.push(
             `${device}_${phase}_peak_ratio=${(m.peak / art.bytes).toFixed(2)}`,
             `${device}_${phase}_held_ratio=${(m.held / art.bytes).toFixed(2)}`,

@@ -76,6 +76,7 @@ describe('browser load paths', () => {
     const inMemoryTier = await load(fits);
     expect(inMemoryTier.engine!.build).toBe('jspi');
     expect(inMemoryTier.engine!.externalData).toEqual([shards.map(() => 'Uint8Array')]);
+    expect(inMemoryTier.engine!.stallSafeStreams).toBe(0);
     expect(await fits.evaluate(() => window.harness.diskFiles())).toEqual([]);
     await fits.context().close();
 
@@ -89,6 +90,8 @@ describe('browser load paths', () => {
     expect(cold.engine!.build).toBe('jspi');
     expect(Object.values(cold.info.sources)).toEqual(artifact.blobs.map(() => 'network'));
     expect(cold.engine!.externalData).toEqual([shards.map(() => 'File')]);
+    // ORT reads every shard it is given as a Blob through StallSafeBlob (a bare BYOB read can hang: web/blob-reads.ts).
+    expect(cold.engine!.stallSafeStreams).toBeGreaterThanOrEqual(shards.length);
     // Each shard's file is its record's bytes now; the graph and assets are records of their own.
     expect(await page.evaluate(() => window.harness.diskFiles())).toEqual(shards);
     const digests = artifact.blobs.map((b) => b.digest);
@@ -99,6 +102,7 @@ describe('browser load paths', () => {
     expect(origin.gets()).toBe(1); // the tag only
     // Stored shards are handed over as their records, whatever their size.
     expect(warm.engine!.externalData).toEqual([shards.map(() => 'Blob')]);
+    expect(warm.engine!.stallSafeStreams).toBeGreaterThanOrEqual(shards.length);
     expect(warm.output).toEqual(cold.output);
     // Clearing the cache removes the files with the records.
     await page.evaluate(() => window.harness.clearCache());

@@ -9,6 +9,7 @@ import { createLoader, type Loader } from '../../../common/loader/index.ts';
 import { MemoryStore } from '../../../common/store.ts';
 import { downloadBlob } from '../../../common/loader/download.ts';
 import { createWorkerHasher } from '../../../web/worker-hasher.ts';
+import { StallSafeBlob } from '../../../web/blob-reads.ts';
 import { type GenerateTimes, timeAlternating, timeGenerate } from '../../support/generate-replay.ts';
 import { type BrowserLoader, createBrowserLoader, createOrtEngine, type OrtBuild, persist, webgpuAdapter } from '../../../web/index.ts';
 // LoRA switching (test/browser/lora-switch.test.ts, test/bench/overlay.ts): `window.loraSwitch`.
@@ -101,7 +102,12 @@ export interface HarnessResult {
   /** With generateBench: ms per image for generate and for the bare loop of its session calls, device readbacks per generate; or ms per image of each side of `versus`. */
   generateBench?: (GenerateTimes & { readbacks: number }) | { versus: { ms: number[]; versusMs: number[]; readbacks: number; versusReadbacks: number; deviceResident: boolean; versusDeviceResident: boolean } };
   /** The ORT build the engine ran, and what each external-data file it was given held (`Blob` or `Uint8Array`), per session in order. */
-  engine?: { build: OrtBuild; externalData: ('File' | 'Blob' | 'Uint8Array')[][] };
+  engine?: {
+    build: OrtBuild;
+    externalData: ('File' | 'Blob' | 'Uint8Array')[][];
+    /** Streams ORT opened on stored shards through StallSafeBlob while it built sessions (web/blob-reads.ts). */
+    stallSafeStreams: number;
+  };
   events: ProgressEvent[];
   /** With `timeline`: `<phase> <file prefix>` → [first, last] ms from the call. */
   timeline?: Record<string, [number, number]>;
@@ -115,17 +121,32 @@ const warnings: string[] = [];
 let engineSeen: NonNullable<HarnessResult['engine']> | null = null;
 
 /** The ORT engine, recording what kind of external data each session was made from. */
+/** Streams of stored shards onnxruntime-web opened through StallSafeBlob (web/blob-reads.ts) while an engine built a session. */
+const safeStreams = { watching: 0, count: 0 };
+const safeStream = StallSafeBlob.prototype.stream;
+StallSafeBlob.prototype.stream = function (this: StallSafeBlob) {
+  if (safeStreams.watching > 0) safeStreams.count++;
+  return safeStream.call(this);
+};
+
 function recordingEngine(build: OrtBuild | undefined): Engine {
   const engine = createOrtEngine({ build });
-  const seen: NonNullable<HarnessResult['engine']> = { build: engine.build, externalData: [] };
+  const seen: NonNullable<HarnessResult['engine']> = { build: engine.build, externalData: [], stallSafeStreams: 0 };
   engineSeen = seen;
   return {
     ...engine,
     providers: (device) => engine.providers(device),
     weightFeeding: (provider) => engine.weightFeeding!(provider),
-    create(graph, externalData, provider, device) {
+    async create(graph, externalData, provider, device) {
       seen.externalData.push(externalData.map((f) => (f.data instanceof File ? 'File' : f.data instanceof Blob ? 'Blob' : 'Uint8Array')));
-      return engine.create(graph, externalData, provider, device);
+      const before = safeStreams.count;
+      safeStreams.watching++;
+      try {
+        return await engine.create(graph, externalData, provider, device);
+      } finally {
+        safeStreams.watching--;
+        seen.stallSafeStreams += safeStreams.count - before;
+      }
     },
   };
 }

@@ -43,6 +43,8 @@ export interface WorkerHarnessResult {
   sessionInputs: Record<string, string[]>;
   /** Main-thread long tasks (ms) seen from the call to the end. */
   longTasks: number[];
+  /** What the loader warned of. */
+  warnings: string[];
   /** With hold: ms from the call until release(). */
   heldMs?: number;
   /** What run() said after dispose(). */
@@ -60,11 +62,14 @@ async function load(options: WorkerHarnessLoad): Promise<WorkerHarnessResult> {
   });
   observer.observe({ type: 'longtask' });
   const started = performance.now();
+  byFile.clear();
   const steps: number[] = [];
   let progressEvents = 0;
-  const worker = options.onMainThread ? null : createWorkerLoader({ ...options.loader, warn: () => {} });
-  const loader = worker ?? createBrowserLoader({ ...options.loader, warn: () => {} });
-  const result: WorkerHarnessResult = { ok: false, steps, progressEvents: 0, sessionInputs: {}, longTasks, ms: 0 };
+  const warnings: string[] = [];
+  const warn = (m: string) => void warnings.push(m);
+  const worker = options.onMainThread ? null : createWorkerLoader({ ...options.loader, warn });
+  const loader = worker ?? createBrowserLoader({ ...options.loader, warn });
+  const result: WorkerHarnessResult = { ok: false, steps, progressEvents: 0, sessionInputs: {}, longTasks, warnings, ms: 0 };
   try {
     const p: Pipeline = await loader.loadPipeline({
       origin: options.origin,
@@ -75,6 +80,7 @@ async function load(options: WorkerHarnessLoad): Promise<WorkerHarnessResult> {
       onProgress: (e) => {
         progressEvents++;
         lastProgress = { phase: e.phase, file: e.file.slice(0, 15), loaded: e.loaded, total: e.total, ...(e.component ? { component: e.component } : {}) };
+        byFile.set(lastProgress.file, `${e.phase} ${e.loaded}/${e.total}`);
       },
     });
     const { manifest: _manifest, ...info } = p.info;
@@ -133,10 +139,13 @@ async function load(options: WorkerHarnessLoad): Promise<WorkerHarnessResult> {
 
 /** The last progress event of the load running (for a bench that gives up on it). */
 let lastProgress: { phase: string; file: string; loaded: number; total: number; component?: string } | null = null;
+/** Each file's last progress event, `<phase> <loaded>/<total>` (for a bench that gives up on a load: where each file stood). */
+const byFile = new Map<string, string>();
 
 const workerHarness = {
   load,
   lastProgress: () => lastProgress,
+  progressByFile: () => Object.fromEntries(byFile),
   /** Ends a `hold`: the held pipeline is disposed and its load() resolves. */
   release() {
     held?.();
