@@ -25,13 +25,21 @@ const stalled = Symbol('stalled');
 
 /**
  * The bytes of `blob` from `offset`, BYOB, with reads that stall started again. `read(into)` fills
- * (part of) `into` and returns the filled view — of a new ArrayBuffer over the same memory, or of a
- * fresh one after a stall (the stalled read keeps the buffer it was given): the caller keeps using
- * what it returns.
+ * (the start of) `into` and returns the filled view — of a new ArrayBuffer over the same memory, or
+ * after a stall of a fresh one of the same length, at the same offset (the stalled read keeps the
+ * buffer it was given, and what was in it): the caller keeps using what it returns.
  */
 export class BlobCursor {
   #reader: ReadableStreamBYOBReader | null = null;
   #restarts = 0;
+  /** Reads that stalled and were started again. */
+  get stalls(): number {
+    return this.#restarts;
+  }
+  /** One watchdog per cursor, not a timer per read (a shard is thousands of reads): when the read in flight began, and how to end it. */
+  #readSince = 0;
+  #giveUp: (() => void) | null = null;
+  #watchdog: ReturnType<typeof setTimeout> | null = null;
 
   constructor(
     readonly blob: Blob,
@@ -43,41 +51,66 @@ export class BlobCursor {
     return this.offset >= this.blob.size;
   }
 
+  #watch(stallMs: number): void {
+    if (this.#watchdog) return;
+    this.#watchdog = setTimeout(() => {
+      this.#watchdog = null;
+      if (!this.#giveUp) return;
+      const quiet = performance.now() - this.#readSince;
+      if (quiet >= stallMs) this.#giveUp();
+      else this.#watch(stallMs - quiet);
+    }, stallMs);
+  }
+
   async read(into: Uint8Array<ArrayBuffer>): Promise<Uint8Array<ArrayBuffer>> {
     const stallMs = this.options.stallMs ?? STALL_MS;
-    for (;;) {
-      if (this.done) return into.subarray(0, 0);
-      this.#reader ??= this.blob.slice(this.offset).stream().getReader({ mode: 'byob' });
-      const reader = this.#reader;
-      let timer: ReturnType<typeof setTimeout> | undefined;
-      const stall = new Promise<typeof stalled>((resolve) => (timer = setTimeout(() => resolve(stalled), stallMs)));
-      const size = into.byteLength;
-      const result = await Promise.race([reader.read(into), stall]).finally(() => clearTimeout(timer));
-      if (result !== stalled) {
-        const { done, value } = result;
-        if (value && value.byteLength > 0) {
-          this.offset += value.byteLength;
-          return value as Uint8Array<ArrayBuffer>;
+    try {
+      for (;;) {
+        if (this.done) return into.subarray(0, 0);
+        this.#reader ??= this.blob.slice(this.offset).stream().getReader({ mode: 'byob' });
+        const reader = this.#reader;
+        const stall = new Promise<typeof stalled>((resolve) => (this.#giveUp = () => resolve(stalled)));
+        this.#readSince = performance.now();
+        this.#watch(stallMs);
+        // The shape of `into` (its buffer's length, where it starts, how long), for a new buffer after a stall.
+        const [bufferLength, byteOffset, byteLength] = [into.buffer.byteLength, into.byteOffset, into.byteLength];
+        const result = await Promise.race([reader.read(into), stall]);
+        this.#giveUp = null;
+        if (result !== stalled) {
+          const { done, value } = result;
+          if (value && value.byteLength > 0) {
+            this.offset += value.byteLength;
+            return value as Uint8Array<ArrayBuffer>;
+          }
+          if (done) {
+            this.#reader = null;
+            if (!this.done) throw new Error(`the Blob ended at byte ${this.offset} of ${this.blob.size}`);
+            return (value as Uint8Array<ArrayBuffer> | undefined) ?? new Uint8Array(0);
+          }
+          into = value as Uint8Array<ArrayBuffer>;
+          continue;
         }
-        if (done) {
-          this.#reader = null;
-          if (!this.done) throw new Error(`the Blob ended at byte ${this.offset} of ${this.blob.size}`);
-          return (value as Uint8Array<ArrayBuffer> | undefined) ?? new Uint8Array(0);
-        }
-        into = value as Uint8Array<ArrayBuffer>;
-        continue;
+        // Stalled: the read keeps `into`'s buffer; a new reader goes on from here into a new one of its shape.
+        if (++this.#restarts > RESTARTS) throw new Error(`reading a Blob of ${this.blob.size} bytes: no data for ${stallMs} ms at byte ${this.offset}, ${RESTARTS} times`);
+        this.options.onStall?.(this.offset);
+        reader.cancel().catch(() => {});
+        this.#reader = null;
+        into = new Uint8Array(new ArrayBuffer(bufferLength), byteOffset, byteLength);
       }
-      // Stalled: the read keeps `into`'s buffer; a new reader goes on from here into a new one.
-      if (++this.#restarts > RESTARTS) throw new Error(`reading a Blob of ${this.blob.size} bytes: no data for ${stallMs} ms at byte ${this.offset}, ${RESTARTS} times`);
-      this.options.onStall?.(this.offset);
-      reader.cancel().catch(() => {});
-      this.#reader = null;
-      into = new Uint8Array(size);
+    } finally {
+      if (this.done) this.#stopWatching();
     }
+  }
+
+  #stopWatching(): void {
+    if (this.#watchdog) clearTimeout(this.#watchdog);
+    this.#watchdog = null;
+    this.#giveUp = null;
   }
 
   /** Lets the reader go (an abandoned read). */
   close(): void {
+    this.#stopWatching();
     this.#reader?.cancel().catch(() => {});
     this.#reader = null;
   }
@@ -85,8 +118,8 @@ export class BlobCursor {
 
 /**
  * `blob`'s bytes into `buffer` (at least `blob.size` long), BYOB: `buffer`'s ArrayBuffer is detached,
- * and the returned view holds the bytes — over the same memory, or after a stall in the middle a
- * new buffer (the stalled read kept the old one), read again from the start.
+ * and the returned view holds the bytes — over the same memory, or after a stall in the middle a new
+ * buffer (the stalled read kept the old one and the bytes in it), read again from the start.
  */
 export async function readBlobInto(blob: Blob, buffer: Uint8Array<ArrayBuffer>, options: BlobReadOptions = {}): Promise<Uint8Array<ArrayBuffer>> {
   if (buffer.byteLength < blob.size) throw new RangeError(`a buffer of ${buffer.byteLength} bytes for a Blob of ${blob.size}`);
@@ -95,16 +128,12 @@ export async function readBlobInto(blob: Blob, buffer: Uint8Array<ArrayBuffer>, 
   let whole = buffer.buffer;
   try {
     while (!cursor.done) {
-      const at = cursor.offset;
-      const got = await cursor.read(new Uint8Array(whole, base + at, blob.size - at));
-      if (got.byteOffset === base + at) {
-        whole = got.buffer;
-        continue;
+      const [at, stalls] = [cursor.offset, cursor.stalls];
+      whole = (await cursor.read(new Uint8Array(whole, base + at, blob.size - at))).buffer;
+      if (cursor.stalls > stalls && at > 0) {
+        cursor.close();
+        cursor.offset = 0;
       }
-      // Stalled after `at` > 0 bytes: those went with the stalled read's buffer. Start again.
-      whole = new ArrayBuffer(base + blob.size);
-      cursor.close();
-      cursor.offset = 0;
     }
   } finally {
     cursor.close();
@@ -114,8 +143,8 @@ export async function readBlobInto(blob: Blob, buffer: Uint8Array<ArrayBuffer>, 
 
 /**
  * `inner` for onnxruntime-web's external data: `instanceof Blob`, its size and type, and slices of
- * the same kind, whose `stream()` is a byte stream that reads `inner` through a BlobCursor (into one
- * reused staging buffer, copied into the reader's view). The platform sees an empty Blob here: hand
+ * the same kind, whose `stream()` is a byte stream that reads `inner` through a BlobCursor, straight
+ * into the buffer of a BYOB reader (ORT's one reused 1 MiB buffer). The platform sees an empty Blob here: hand
  * it to ORT's `externalData` only, never to postMessage, IndexedDB or fetch.
  */
 export class StallSafeBlob extends Blob {
@@ -142,25 +171,21 @@ export class StallSafeBlob extends Blob {
 
   override stream(): ReadableStream<Uint8Array<ArrayBuffer>> {
     const cursor = new BlobCursor(this.#inner, 0, this.#options);
-    let staging: Uint8Array<ArrayBuffer> | null = null;
     return new ReadableStream({
       type: 'bytes',
       async pull(controller) {
+        const request = controller.byobRequest;
         if (cursor.done) {
           controller.close();
-          controller.byobRequest?.respond(0);
+          request?.respond(0);
           return;
         }
-        const request = controller.byobRequest;
-        const want = request?.view ? request.view.byteLength : 1 << 20;
-        if (!staging || staging.byteLength < want) staging = new Uint8Array(Math.max(want, 64 << 10));
-        const got = await cursor.read(staging.subarray(0, want));
-        staging = new Uint8Array(got.buffer);
         if (request?.view) {
-          new Uint8Array(request.view.buffer, request.view.byteOffset, got.byteLength).set(got);
-          request.respond(got.byteLength);
+          // Straight into the reader's own buffer, which goes through the cursor's read and back.
+          const view = request.view;
+          request.respondWithNewView(await cursor.read(new Uint8Array(view.buffer as ArrayBuffer, view.byteOffset, view.byteLength)));
         } else {
-          controller.enqueue(got.slice());
+          controller.enqueue(await cursor.read(new Uint8Array(1 << 20)));
         }
         if (cursor.done) controller.close();
       },
