@@ -203,8 +203,17 @@ export async function downloadBlob(options: DownloadOptions): Promise<DownloadRe
  */
 export async function downloadAsBlob(options: BlobDownloadOptions): Promise<BlobDownloadResult> {
   const hash = options.hashBlob ?? (async (blob: Blob) => sha256(new Uint8Array(await blob.arrayBuffer())));
-  const sink = await (options.sink ?? (async (size: number) => memoryBlobSink(size)))(options.size);
-  const release = async () => sink.release?.();
+  // The sink (a file: a quota check and a file to create, each a round trip to the browser) is made
+  // while the request goes out; the first chunk waits for it.
+  const made = (options.sink ?? (async (size: number) => memoryBlobSink(size)))(options.size);
+  made.catch(() => {});
+  let ready: DownloadSink<Blob> | null = null;
+  const sink: DownloadSink<Blob> = {
+    write: (chunk, at) => (ready ? ready.write(chunk, at) : made.then((s) => (ready = s).write(chunk, at))),
+    finish: () => made.then((s) => s.finish()),
+    release: () => made.then((s) => s.release?.(), () => {}),
+  };
+  const release = async () => sink.release!();
   const { data, ...rest } = await download({ ...options, stream: undefined }, sink, (blob) => hash(blob)).catch(async (e: unknown) => {
     await release();
     throw e;

@@ -3,7 +3,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { sha256 } from '../../common/digest.ts';
 import { isFuseloadError } from '../../common/errors.ts';
 import { fetchWithDeadline, READ_LIMITS, readBounded, streamChunks } from '../../common/loader/bounded-read.ts';
-import { downloadAsBlob, downloadBlob } from '../../common/loader/download.ts';
+import { downloadAsBlob, downloadBlob, memoryBlobSink } from '../../common/loader/download.ts';
 import { startHttpOrigin, startStalledOrigin, type TestServer } from '../support/stalled-origin.ts';
 
 const servers: TestServer[] = [];
@@ -238,5 +238,41 @@ describe('downloadAsBlob (shards for an engine that reads Blobs)', () => {
     const err = await failure(deferred.verified);
     expect(err.code).toBe('digest-mismatch');
     expect(served).toBe(1);
+  });
+
+  it('sends the request while its sink is made; a sink that cannot be made fails the download, and the sink is released', async () => {
+    const digest = await sha256(bytes);
+    const order: string[] = [];
+    const origin = track(
+      await startHttpOrigin((_req, res) => {
+        order.push('request');
+        res.writeHead(200, { 'Content-Length': bytes.length });
+        res.end(bytes);
+      }),
+    );
+    let made!: () => void;
+    const gate = new Promise<void>((resolve) => (made = resolve));
+    const sink = async (size: number) => {
+      await gate;
+      order.push('sink');
+      return memoryBlobSink(size);
+    };
+    const running = downloadAsBlob({ url: `${origin.url}/blobs/x`, digest, size: bytes.length, fetch, backoffMs: 10, sink });
+    await expect.poll(() => order).toEqual(['request']);
+    made();
+    const result = await running;
+    expect(order).toEqual(['request', 'sink']);
+    expect(Buffer.from(await result.blob.arrayBuffer()).equals(bytes)).toBe(true);
+
+    let released = 0;
+    const broken = async () => {
+      throw new Error('no room for a file');
+    };
+    const err = await failure(downloadAsBlob({ url: `${origin.url}/blobs/x`, digest, size: bytes.length, fetch, retries: 0, sink: broken }));
+    expect(err.message).toContain('no room for a file');
+    const releasing = async (size: number) => ({ ...memoryBlobSink(size), release: async () => void released++, write: () => Promise.reject(new Error('disk gone')) });
+    const gone = await failure(downloadAsBlob({ url: `${origin.url}/blobs/x`, digest, size: bytes.length, fetch, retries: 0, sink: releasing }));
+    expect(gone.message).toContain('disk gone');
+    expect(released).toBe(1);
   });
 });
