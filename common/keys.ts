@@ -15,6 +15,8 @@ export type ObjectKey =
 export const blobKey = (digest: Digest) => `blobs/sha256/${digestHex(digest)}`;
 export const manifestKey = (fingerprint: Digest) => `manifests/sha256/${digestHex(fingerprint)}.json`;
 export const tagKey = (model: string, tag: string) => `tags/${model}/${tag}.json`;
+/** The lock a download of `digest` is made under, across tabs and processes (common/loader/blobs.ts). */
+export const blobLockName = (digest: Digest) => `fuseload:blob:${digestHex(digest)}`;
 
 export function isName(value: string): boolean {
   return NAME_RE.test(value) && !value.includes('..');

@@ -140,11 +140,14 @@ export interface ExternalDataFile {
   data: Uint8Array | Blob;
 }
 
-/** The bytes of external data, for code that reads them (LoRA merges, engines without `externalDataBlobs`). */
-export function externalBytes(file: ExternalDataFile): Uint8Array {
-  if (file.data instanceof Uint8Array) return file.data;
-  throw new FuseloadError('engine', `external data ${file.path}: a Blob handle where its bytes were needed (only an engine with externalDataBlobs takes one)`);
+/** `data` as bytes, for code that reads them (a Blob is a store's handle, for an engine with `externalDataBlobs` only); `what` names it. */
+export function needBytes(data: Uint8Array | Blob | undefined, what: string): Uint8Array {
+  if (data instanceof Uint8Array) return data;
+  throw new FuseloadError('engine', `${what}: ${data ? 'a Blob handle' : 'missing'} where its bytes were needed (only an engine with externalDataBlobs takes a handle)`);
 }
+
+/** The bytes of external data, for code that reads them (LoRA merges, engines without `externalDataBlobs`). */
+export const externalBytes = (file: ExternalDataFile): Uint8Array => needBytes(file.data, `external data ${file.path}`);
 
 export interface EngineSession {
   run(feeds: Feeds): Promise<Feeds>;

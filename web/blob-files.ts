@@ -18,6 +18,7 @@
  */
 import { type DownloadSink, StagedWrites } from '../common/loader/download.ts';
 import { type Digest, digestHex } from '../common/digest.ts';
+import { blobLockName } from '../common/keys.ts';
 
 /** The folder surface we use (lib.dom's FileSystemDirectoryHandle, with the iterator some lib versions lack). */
 interface Folder extends FileSystemDirectoryHandle {
@@ -201,7 +202,7 @@ export class BlobFiles {
       // A writable's swap file (`<name>.crswap`) goes with its file.
       const file = name.replace(/\.crswap$/, '');
       const hex = file.slice(0, 64);
-      if (keep.has(file) || this.#open.has(file) || held.has(`fuseload:blob:${hex}`)) continue;
+      if (keep.has(file) || this.#open.has(file) || held.has(blobLockName(`sha256:${hex}`))) continue;
       await folder.removeEntry(name).catch(() => {});
       removed++;
     }

@@ -11,13 +11,11 @@ import { createOrtEngine } from './ort-engine.ts';
 import type { OffThreadHasher } from '../common/loader/blobs.ts';
 import { createWorkerHasher } from './worker-hasher.ts';
 
-
 /** The browser's memory tier, by default: small pipelines stay whole, a large one is not held twice. */
 export const DEFAULT_MEMORY_BUDGET_BYTES = 256 * 1024 * 1024;
 
 /** One pool of hashing workers per page or worker, shared by its loaders (made on the first loader). */
 let hasher: OffThreadHasher | undefined | null = null;
-
 
 export interface BrowserLoaderOptions {
   /** IndexedDB database name (default `fuseload`). */

@@ -80,17 +80,17 @@ export class IdbStore implements BlobStore {
     this.#files = options.filesOnDisk !== false && BlobFiles.available() ? new BlobFiles(`${dbName}.files`) : null;
   }
 
-  /**
-   * A file on disk to download `digest` into (blobs.ts, for shards the engine reads as Blobs): its
-   * `File`, given to `putBlob`, becomes the record's bytes. Null where there is no OPFS. The first
-   * call also removes files that loads which died left behind.
-   */
   /** Keeps `digest`'s file (if its record's bytes are one) until the returned function is called, even if the record is deleted meanwhile. */
   async hold(digest: Digest): Promise<() => Promise<void>> {
     const file = this.#files && (await get<BlobMeta>(META + digest, this.#db))?.file;
     return file ? this.#files!.hold(file) : async () => {};
   }
 
+  /**
+   * A file on disk to download `digest` into (blobs.ts, for shards the engine reads as Blobs): its
+   * `File`, given to `putBlob`, becomes the record's bytes. Null where there is no OPFS. The first
+   * call also removes files that loads which died left behind.
+   */
   async fileSink(digest: Digest, size: number): Promise<FileSink | null> {
     if (!this.#files) return null;
     this.#swept ??= this.#files.sweep(async () => new Set((await this.#metas()).flatMap((m) => (m.file ? [m.file] : [])))).catch(() => 0);
@@ -203,19 +203,23 @@ export class IdbStore implements BlobStore {
   }
 
   async delete(digest: Digest): Promise<void> {
-    const file = this.#files && (await get<BlobMeta>(META + digest, this.#db).catch(() => undefined))?.file;
+    await this.#delete(digest, this.#files ? (await get<BlobMeta>(META + digest, this.#db).catch(() => undefined))?.file : undefined);
+  }
+
+  /** Deletes the record, and the file that holds its bytes (`file`, from its meta) if any. */
+  async #delete(digest: Digest, file: string | undefined): Promise<void> {
     await delMany([BLOB + digest, META + digest], this.#db);
-    if (file) await this.#files!.remove(file);
+    if (file) await this.#files?.remove(file);
   }
 
   async *entries(): AsyncIterable<CachedBlob> {
     await this.#writeTouches().catch(() => {});
-    for (const { digest, size, lastUsed } of await this.#metas()) yield { digest, size, lastUsed };
+    for (const blob of await this.#metas()) yield cached(blob);
   }
 
   async info(): Promise<CacheInfo> {
     await this.#writeTouches().catch(() => {});
-    const blobs = (await this.#metas()).map(({ digest, size, lastUsed }) => ({ digest, size, lastUsed }));
+    const blobs = (await this.#metas()).map(cached);
     return { count: blobs.length, bytes: blobs.reduce((n, b) => n + b.size, 0), blobs };
   }
 
@@ -247,12 +251,15 @@ export class IdbStore implements BlobStore {
     let freed = 0;
     for (const victim of victims) {
       if (freed >= bytes) break;
-      await this.delete(victim.digest);
+      await this.#delete(victim.digest, victim.file);
       freed += victim.size;
     }
     return freed;
   }
 }
+
+/** What callers see of a record: not the name of the file that holds its bytes. */
+const cached = ({ digest, size, lastUsed }: CachedBlob): CachedBlob => ({ digest, size, lastUsed });
 
 function isQuotaError(e: unknown): boolean {
   return e instanceof DOMException ? e.name === 'QuotaExceededError' : (e as Error)?.name === 'QuotaExceededError';

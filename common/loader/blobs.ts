@@ -14,9 +14,9 @@
  * `LateDigestMismatch`; the next read fetches the blob again.
  */
 import pLimit from 'p-limit';
-import { type Digest, digestHex, sha256 } from '../digest.ts';
+import { type Digest, sha256 } from '../digest.ts';
 import { FuseloadError } from '../errors.ts';
-import { blobKey } from '../keys.ts';
+import { blobKey, blobLockName } from '../keys.ts';
 import type { BlobRef } from '../manifest.ts';
 import type { CacheSource } from '../pipeline.ts';
 import { type BlobStore, MemoryStore } from '../store.ts';
@@ -259,7 +259,7 @@ export function createBlobSource(o: BlobSourceOptions) {
         new Promise<GotData>((resolve, reject) => {
           throwIfAborted(signal, ref.digest);
           const task = o.withLock(
-            `fuseload:blob:${digestHex(ref.digest)}`,
+            blobLockName(ref.digest),
             async () => {
               // Another tab or process may have stored it while we waited for the lock.
               const held = await memory.get(ref.digest);

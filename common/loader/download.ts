@@ -208,12 +208,12 @@ export async function downloadAsBlob(options: BlobDownloadOptions): Promise<Blob
   const made = (options.sink ?? (async (size: number) => memoryBlobSink(size)))(options.size);
   made.catch(() => {});
   let ready: DownloadSink<Blob> | null = null;
+  const release = () => made.then((s) => s.release?.(), () => {});
   const sink: DownloadSink<Blob> = {
     write: (chunk, at) => (ready ? ready.write(chunk, at) : made.then((s) => (ready = s).write(chunk, at))),
     finish: () => made.then((s) => s.finish()),
-    release: () => made.then((s) => s.release?.(), () => {}),
+    release,
   };
-  const release = async () => sink.release!();
   const { data, ...rest } = await download({ ...options, stream: undefined }, sink, (blob) => hash(blob)).catch(async (e: unknown) => {
     await release();
     throw e;

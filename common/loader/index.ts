@@ -9,7 +9,7 @@ import { type Digest, digestHex, sha256, toDigest } from '../digest.ts';
 import { FuseloadError, isFuseloadError } from '../errors.ts';
 import { isName, manifestKey, tagKey } from '../keys.ts';
 import { type AnyManifest, type BlobRef, type Component, componentEntries, decodeManifest, type PipelineManifest, pipelineView, parseTag, type Role } from '../manifest.ts';
-import type { CacheSource, ComponentInfo, Device, Engine, EngineSession, ExternalDataFile, Feeds, LoadPipelineOptions, LoraOverlay, Pipeline, PipelineInfo, Provider } from '../pipeline.ts';
+import { type CacheSource, type ComponentInfo, type Device, type Engine, type EngineSession, type ExternalDataFile, type Feeds, type LoadPipelineOptions, type LoraOverlay, needBytes, type Pipeline, type PipelineInfo, type Provider } from '../pipeline.ts';
 import type { BlobStore, MemoryStore } from '../store.ts';
 import { createBlobSource, errorText, LateDigestMismatch, type OffThreadHasher } from './blobs.ts';
 import { READ_LIMITS } from './bounded-read.ts';
@@ -325,7 +325,7 @@ export function createLoader(runtime: LoaderRuntime): Loader {
         fromPipelineCache: false,
         ...imageSizeOf(view.kind, assets),
       };
-      const generator = view.kind === 'text-to-image' ? createGenerator(model, sessions, assets) : null;
+      const generator = view.kind === 'text-to-image' ? createGenerator(model, sessions, assets, info.imageSize) : null;
       return { sessions, info, generator, handles: 0, released: false, switchable, baseWeights, origin, model, view, assets };
     } catch (e) {
       baseWeights.dispose();
@@ -406,7 +406,7 @@ export function createLoader(runtime: LoaderRuntime): Loader {
         throw e;
       }
       sessions = { ...entry.sessions, ...weights.sessions };
-      generator = entry.view.kind === 'text-to-image' ? createGenerator(entry.model, sessions, entry.assets) : null;
+      generator = entry.view.kind === 'text-to-image' ? createGenerator(entry.model, sessions, entry.assets, entry.info.imageSize) : null;
     }
     return {
       get info() {
@@ -611,11 +611,7 @@ function imageSizeOf(kind: string, assets: Map<string, Uint8Array>): { imageSize
 }
 
 /** A blob getBlobs handed out as bytes (every one not asked for as a handle). */
-function bytesOf(blobs: Map<Digest, Uint8Array | Blob>, digest: Digest): Uint8Array {
-  const data = blobs.get(digest);
-  if (data instanceof Uint8Array) return data;
-  throw new FuseloadError('engine', `blob ${digest}: ${data ? 'a Blob handle' : 'missing'} where its bytes were needed`);
-}
+const bytesOf = (blobs: Map<Digest, Uint8Array | Blob>, digest: Digest): Uint8Array => needBytes(blobs.get(digest), `blob ${digest}`);
 
 /** A shard in hand as bytes (a handle read once more: the same immutable record, hashed beside); undefined when not in hand. */
 function shardBytes(data: Uint8Array | Blob | undefined): Promise<Uint8Array> | undefined {

@@ -32,13 +32,10 @@ export function nativeImageSize(assets: Map<string, Uint8Array>): number | undef
   }
 }
 
-export function createGenerator(model: string, sessions: Partial<Record<Role, EngineSession>>, assets: Map<string, Uint8Array>): Generator {
-  let prepared: Promise<{ assets: TextToImageAssets; size?: number }> | null = null;
-  async function prepare() {
-    const read = async (path: string) => assets.get(path) ?? null;
-    const parsed = await readTextToImageAssets(read, { secondTokenizer: !!sessions.text_encoder_2 });
-    return { assets: parsed, size: nativeImageSize(assets) };
-  }
+/** `size`: the pipeline's native image side (`nativeImageSize`, as the loader put it in `PipelineInfo.imageSize`), the default width and height. */
+export function createGenerator(model: string, sessions: Partial<Record<Role, EngineSession>>, assets: Map<string, Uint8Array>, size?: number): Generator {
+  let prepared: Promise<TextToImageAssets> | null = null;
+  const prepare = () => readTextToImageAssets(async (path) => assets.get(path) ?? null, { secondTokenizer: !!sessions.text_encoder_2 });
   return {
     async generate(options) {
       const text_encoder = sessions.text_encoder;
@@ -47,7 +44,7 @@ export function createGenerator(model: string, sessions: Partial<Record<Role, En
       if (!text_encoder || !unet || !vae_decoder) throw new FuseloadError('bad-input', `${model}: a text-to-image pipeline needs text_encoder, unet and vae_decoder sessions`);
       prepared ??= prepare();
       prepared.catch(() => (prepared = null));
-      const { assets: parsed, size } = await prepared;
+      const parsed = await prepared;
       const sized = size && options && typeof options === 'object' ? { ...options, width: options.width ?? size, height: options.height ?? size } : options;
       return generateImage({ ...parsed, text_encoder, unet, vae_decoder, ...(sessions.text_encoder_2 ? { text_encoder_2: sessions.text_encoder_2 } : {}) }, sized);
     },

@@ -120,7 +120,6 @@ const warnings: string[] = [];
 /** What the last fresh loader's engine was given (`HarnessResult.engine`). */
 let engineSeen: NonNullable<HarnessResult['engine']> | null = null;
 
-/** The ORT engine, recording what kind of external data each session was made from. */
 /** Streams of stored shards onnxruntime-web opened through StallSafeBlob (web/blob-reads.ts) while an engine built a session. */
 const safeStreams = { watching: 0, count: 0 };
 const safeStream = StallSafeBlob.prototype.stream;
@@ -129,6 +128,7 @@ StallSafeBlob.prototype.stream = function (this: StallSafeBlob) {
   return safeStream.call(this);
 };
 
+/** The ORT engine, recording what kind of external data each session was made from. */
 function recordingEngine(build: OrtBuild | undefined): Engine {
   const engine = createOrtEngine({ build });
   const seen: NonNullable<HarnessResult['engine']> = { build: engine.build, externalData: [], stallSafeStreams: 0 };
