@@ -19,6 +19,11 @@
  *
  * Reported beside them:
  *   warm_arraybuffer_idb_ratio  = the warm load / a raw read of the same bytes as Uint8Array records (the older layout)
+ *   warm_usable_floor_ratio     = warm loadPipeline resolved / the least a verifying warm load does, with no loader:
+ *                                 the same session from the stored records while hashing workers of the loader's
+ *                                 kind hash them (harness `verifiedSession`). What the loader adds over its own
+ *                                 work; on 2 cores that work is CPU-bound (the session's reads and ~275 ms of
+ *                                 SHA-256 for 280 MiB share them), which is what `warm_usable_cache_api` misses by
  *   cold_memorystore_ratio      = the cold load with a MemoryStore / bare fetch: the loader without IndexedDB writes
  *   cold_link_ratio             = the cold load / the bare fetch, both from an origin that sends at most `BENCH_GBIT`
  *                                 Gbit/s (default 1) over all its responses: a network link. On loopback the bare
@@ -170,13 +175,14 @@ async function main() {
         async () => void (r.cache = await page.evaluate((u) => window.harness.bench.cacheApiRead(u), urls)),
         async () => void (r.idbArrayBuffer = await page.evaluate((u) => window.harness.bench.idbArrayBufferRead(u), urls)),
         async () => void (r.cacheSession = await page.evaluate((u) => window.harness.bench.cacheApiSession(u), urls)),
+        async () => void (r.verifiedSession = await page.evaluate((d) => window.harness.bench.verifiedSession(d), digests)),
       ]);
       r.warm = warm.blobsReadyMs!;
       r.warmUsable = warm.ms;
       rows.push(r);
       console.log(
         `round ${round + 1}: fetch ${fmt(r.fetch)} cold ${fmt(r.cold)} (stored ${fmt(r.coldStored)}) memory-store ${fmt(r.coldMemory)} in-memory ${fmt(r.coldInMemory)} link: fetch ${fmt(r.linkFetch)} cold ${fmt(r.linkCold)} | ` +
-          `idb ${fmt(r.idb)} cache ${fmt(r.cache)} idb-uint8 ${fmt(r.idbArrayBuffer)} warm ${fmt(r.warm)} usable ${fmt(r.warmUsable)} peer+session ${fmt(r.cacheSession)}`,
+          `idb ${fmt(r.idb)} cache ${fmt(r.cache)} idb-uint8 ${fmt(r.idbArrayBuffer)} warm ${fmt(r.warm)} usable ${fmt(r.warmUsable)} peer+session ${fmt(r.cacheSession)} session+hashes ${fmt(r.verifiedSession)}`,
       );
     }
     const col = (k: string) => rows.map((r) => r[k]);
@@ -186,6 +192,7 @@ async function main() {
       warm_ratio: ratio('warm', 'idb'),
       warm_cache_api_ratio: ratio('warm', 'cache'),
       warm_usable_cache_api_ratio: ratio('warmUsable', 'cacheSession'),
+      warm_usable_floor_ratio: ratio('warmUsable', 'verifiedSession'),
       warm_arraybuffer_idb_ratio: ratio('warm', 'idbArrayBuffer'),
       cold_memorystore_ratio: ratio('coldMemory', 'fetch'),
       cold_in_memory_ratio: ratio('coldInMemory', 'fetch'),
@@ -199,6 +206,7 @@ async function main() {
     console.log(`raw IndexedDB read    ${fmt(median(col('idb')))} (Blob records); ${fmt(median(col('idbArrayBuffer')))} as Uint8Array records`);
     console.log(`Cache API read        ${fmt(median(col('cache')))}; with the WASM session ${fmt(median(col('cacheSession')))}`);
     console.log(`warm loadPipeline     ${fmt(median(col('warm')))} bytes to the engine, ${fmt(median(col('warmUsable')))} resolved (verified, WASM session built)`);
+    console.log(`session + hashes      ${fmt(median(col('verifiedSession')))} (the same session from the stored records while workers hash them, no loader)`);
     for (const [k, v] of Object.entries(ratios)) console.log(`${k.padEnd(28)} ${spread(v)}  (median [min–max] of ${RUNS})`);
     const spreads = Object.entries(ratios).map(([k, v]) => `${k.replace(/_ratio$/, '')}_spread=${Math.min(...v).toFixed(2)}-${Math.max(...v).toFixed(2)}`);
     console.log(`BENCH browser ${Object.entries(ratios).map(([k, v]) => `${k}=${median(v).toFixed(2)}`).join(' ')} ${spreads.join(' ')} rounds=${RUNS} bytes=${bytes}`);

@@ -292,6 +292,9 @@ async function benchGenerate(p: Pipeline, bench: NonNullable<HarnessLoad['genera
 }
 
 /** Baselines for test/bench/browser-load.ts: the same bytes without the loader. Each returns ms. */
+/** verifiedSession's hashing workers (made on its first call). */
+let benchHasher: ReturnType<typeof createWorkerHasher> | null = null;
+
 const bench = {
   /** The best a page does with bare fetch: every URL at once, whole bodies. */
   async bareFetch(urls: string[]): Promise<number> {
@@ -340,6 +343,30 @@ const bench = {
     const session = await createOrtEngine().create(bodies[0], bodies.slice(1).map((data, i) => ({ path: hex(urls[i + 1]), data })), 'wasm', 'wasm');
     const ms = performance.now() - t;
     await session.release();
+    return ms;
+  },
+  /**
+   * The least a verifying warm load does, with no loader around it: a session from the stored Blob
+   * records (as the loader hands them to onnxruntime-web) while a pool of hashing workers of its own
+   * (web/worker-hasher.ts, the loader's kind) hashes the same records. `digests[0]` is the graph.
+   */
+  async verifiedSession(digests: string[]): Promise<number> {
+    const db = createStore('fuseload', 'blobs');
+    const found = await getMany<Blob | undefined>(digests.map((d) => `blob:${d}`), db);
+    if (found.some((r) => !(r instanceof Blob))) throw new Error('verifiedSession: a record is missing or not a Blob');
+    const records = found as Blob[];
+    const graph = new Uint8Array(await records[0].arrayBuffer());
+    benchHasher ??= createWorkerHasher() ?? null;
+    if (!benchHasher) throw new Error('verifiedSession: no Web Workers to hash in');
+    const hasher = benchHasher;
+    const t = performance.now();
+    const [session, hashes] = await Promise.all([
+      createOrtEngine().create(graph, records.slice(1).map((data, i) => ({ path: digests[i + 1].slice(7), data })), 'wasm', 'wasm'),
+      Promise.all(records.slice(1).map((r) => hasher.blob(r))),
+    ]);
+    const ms = performance.now() - t;
+    await session.release();
+    if (hashes.some((h, i) => h !== digests[i + 1])) throw new Error('verifiedSession: a stored record does not hash to its digest');
     return ms;
   },
   /** The same reads plus one SHA-256 per record as it arrives: the least a verifying warm loader must do. */
