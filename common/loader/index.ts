@@ -128,6 +128,8 @@ export function createLoader(runtime: LoaderRuntime): Loader {
   });
   const { memory } = blobs;
   const pipelines = new Map<string, Promise<CachedPipeline>>();
+  /** Fetched manifests being written to the store, behind the loads that fetched them (`flush`). */
+  const manifestWrites = new Set<Promise<void>>();
   const overlay = createOverlayRuntime({ engine, memory, store, fetch: fetchFn, warn, ortMinElements: runtime.overlayOrtMinElements });
   const switchMode = runtime.loraSwitch ?? 'auto';
   const switcher = createSwitchRuntime({ engine, warn, ortMinElements: runtime.overlayOrtMinElements });
@@ -142,10 +144,15 @@ export function createLoader(runtime: LoaderRuntime): Loader {
 
     const { fingerprint, manifest, fetched } = await resolveManifest(origin, options, progress);
     const view = pipelineView(manifest);
-    // A fetched manifest is stored once the load's blobs are in hand: written earlier, under a
-    // byte budget it could evict a stored blob this very load is about to read.
-    const keepManifest = async () => {
-      if (fetched) await store.put(fingerprint, fetched, 'manifest').catch((e) => warn(`${manifestKey(fingerprint)}: not cached (${errorText(e)})`));
+    // A fetched manifest is stored once the load's blobs are in hand (written earlier, under a byte
+    // budget it could evict a stored blob this very load is about to read), and behind the load like
+    // them: IndexedDB queues the write after the blobs' own, and awaited it held a cold 280 MiB load
+    // over a 1 Gbit/s link back by about a second (test/bench/browser-load.ts). `flush` waits for it.
+    const keepManifest = () => {
+      if (!fetched) return;
+      const write = store.put(fingerprint, fetched, 'manifest').catch((e) => warn(`${manifestKey(fingerprint)}: not cached (${errorText(e)})`));
+      manifestWrites.add(write);
+      void write.finally(() => manifestWrites.delete(write));
     };
     const providers = engine.providers(options.device ?? 'auto');
     if (providers.length === 0) throw new FuseloadError('unsupported', `device: "${options.device}" names no provider this runtime has`);
@@ -163,12 +170,12 @@ export function createLoader(runtime: LoaderRuntime): Loader {
     if (loras.length && switching()) {
       const switched = await loadSwitched(view, loras, () => load([]), options.model);
       if (switched) {
-        await keepManifest();
+        keepManifest();
         return switched;
       }
     }
     const { entry, fromCache } = await load(loras);
-    await keepManifest();
+    keepManifest();
     return handle(entry, fromCache);
   }
 
@@ -583,7 +590,10 @@ export function createLoader(runtime: LoaderRuntime): Loader {
   return {
     loadPipeline,
     memory,
-    flush: () => blobs.flush(),
+    async flush() {
+      while (manifestWrites.size) await Promise.allSettled([...manifestWrites]);
+      await blobs.flush();
+    },
     async clearMemory() {
       memory.clear();
       const entries = await Promise.all([...pipelines.values()].map((p) => p.catch(() => null)));

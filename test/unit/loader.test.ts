@@ -10,7 +10,7 @@ import { isFuseloadError } from '../../common/errors.ts';
 import { type Loader, type LoaderRuntime, createLoader } from '../../common/loader/index.ts';
 import type { Engine, LoadPipelineOptions, ProgressEvent, TensorLike } from '../../common/pipeline.ts';
 import { sampleFeeds } from '../../common/sample-input.ts';
-import { MemoryStore } from '../../common/store.ts';
+import { type BlobKind, MemoryStore } from '../../common/store.ts';
 import { type SampleArtifact, sampleArtifact } from '../support/artifact.ts';
 import { type Origin, startOrigin } from '../support/origin.ts';
 
@@ -244,6 +244,42 @@ describe('createLoader', () => {
     expect(order.filter((x) => x === 'put')).toHaveLength(artifact.blobs.length);
     expect(order.lastIndexOf('verified')).toBeLessThan(order.indexOf('put'));
     for (const b of artifact.blobs) expect(await store.has(b.digest)).toBe(true);
+    await p.dispose();
+  });
+
+  test('a fetched manifest is stored behind the load: loadPipeline does not wait for its write; flush does', async () => {
+    // A fake only in its timing: IndexedDB queues the manifest's write behind the blobs' own, which
+    // cannot be made slow on purpose here, so this store holds the manifest write until the test lets it go.
+    let letGo!: () => void;
+    const held = new Promise<void>((resolve) => (letGo = resolve));
+    let manifestWritten = false;
+    class SlowManifestStore extends MemoryStore {
+      override async put(digest: Digest, bytes: Uint8Array, kind?: BlobKind) {
+        if (kind === 'manifest') {
+          await held;
+          manifestWritten = true;
+        }
+        return super.put(digest, bytes);
+      }
+    }
+    const store = new SlowManifestStore();
+    const { loader: l } = loader({ store });
+    const p = await l.loadPipeline(opts());
+    expect(manifestWritten).toBe(false);
+    for (const b of artifact.blobs) expect(await store.has(b.digest)).toBe(true);
+    let flushed = false;
+    const flushing = l.flush().then(() => void (flushed = true));
+    await new Promise((r) => setTimeout(r, 20));
+    expect(flushed).toBe(false);
+    letGo();
+    await flushing;
+    expect(manifestWritten).toBe(true);
+    expect(await store.has(artifact.fingerprint)).toBe(true);
+    // The next load finds it: a pinned fingerprint makes no request at all.
+    origin.reset();
+    const again = await loader({ store }).loader.loadPipeline(opts({ tag: undefined, fingerprint: artifact.fingerprint }));
+    expect(origin.requests).toHaveLength(0);
+    await again.dispose();
     await p.dispose();
   });
 
