@@ -5,7 +5,8 @@
  * baselines measured in that round beside it (their order alternates between rounds); the
  * median and the spread over the rounds are printed. `BENCH_RUNS` rounds (default 7).
  *
- *   cold_ratio            = cold loadPipeline, blobs fetched + verified, IndexedDB writes going on behind it
+ *   cold_ratio            = cold loadPipeline until its blobs are fetched and handed to the engine (weight shards'
+ *                           hashes finish behind, before it resolves), IndexedDB writes going on behind it
  *                           / bare fetch of the same bytes (target ≤ 1.0)
  *   warm_ratio            = warm loadPipeline, blobs read from IndexedDB and handed to the engine
  *                           / a raw IndexedDB read of the same records (target ≤ 1.15)
@@ -31,6 +32,10 @@
  *                                 network service and renderer), and Chromium's SHA-256 (WebCrypto, ~750 MB/s here,
  *                                 run on the calling thread) needs another half of its wall time in CPU, so
  *                                 `cold_ratio` measures the cores; over a link the CPU waits on the network
+ *   cold_usable_ratio           = cold loadPipeline resolved (every digest verified, the WASM session built) / bare fetch
+ *   cold_link_usable_ratio      = the same over the link / the link's bare fetch: the whole wait a user has
+ *   cold_link_usable_peer_ratio = the same / the peer's whole cold path over the link: fetch every body whole, then the
+ *                                 same session from those bytes, nothing verified or stored (harness `fetchSession`)
  *   cold_in_memory_ratio        = the cold load with a memory tier the weights fit (512 MiB) / bare fetch: shards
  *                                 downloaded as bytes, hashed as they stream; the default tier (256 MiB) does not
  *                                 hold these 280 MiB, so `cold_ratio`'s load writes them to files on disk instead
@@ -155,16 +160,21 @@ async function main() {
         async () => void (cold = check(await load(), 'network')),
       ]);
       r.cold = cold.blobsReadyMs!;
+      r.coldUsable = cold.ms;
       r.coldStored = cold.storedMs!;
       const memoryOnly = check(await load({ memoryStore: true }), 'network');
       r.coldMemory = memoryOnly.blobsReadyMs!;
       // The same over the link.
       await page.evaluate(() => window.harness.clearCache());
       await settle();
+      let linkCold!: HarnessResult;
       await alternating(round, [
         async () => void (r.linkFetch = await page.evaluate((u) => window.harness.bench.bareFetch(u), linkUrls)),
-        async () => void (r.linkCold = check(await load({ origin: link.url }), 'network').blobsReadyMs!),
+        async () => void (linkCold = check(await load({ origin: link.url }), 'network')),
+        async () => void (r.linkPeer = await page.evaluate((u) => window.harness.bench.fetchSession(u), linkUrls)),
       ]);
+      r.linkCold = linkCold.blobsReadyMs!;
+      r.linkColdUsable = linkCold.ms;
 
       await settle();
       // Warm: the loader against raw reads of the same bytes and the Cache API, order alternating.
@@ -181,7 +191,7 @@ async function main() {
       r.warmUsable = warm.ms;
       rows.push(r);
       console.log(
-        `round ${round + 1}: fetch ${fmt(r.fetch)} cold ${fmt(r.cold)} (stored ${fmt(r.coldStored)}) memory-store ${fmt(r.coldMemory)} in-memory ${fmt(r.coldInMemory)} link: fetch ${fmt(r.linkFetch)} cold ${fmt(r.linkCold)} | ` +
+        `round ${round + 1}: fetch ${fmt(r.fetch)} cold ${fmt(r.cold)} (stored ${fmt(r.coldStored)}) memory-store ${fmt(r.coldMemory)} in-memory ${fmt(r.coldInMemory)} link: fetch ${fmt(r.linkFetch)} cold ${fmt(r.linkCold)} usable ${fmt(r.linkColdUsable)} peer+session ${fmt(r.linkPeer)} | ` +
           `idb ${fmt(r.idb)} cache ${fmt(r.cache)} idb-uint8 ${fmt(r.idbArrayBuffer)} warm ${fmt(r.warm)} usable ${fmt(r.warmUsable)} peer+session ${fmt(r.cacheSession)} session+hashes ${fmt(r.verifiedSession)}`,
       );
     }
@@ -197,12 +207,16 @@ async function main() {
       cold_memorystore_ratio: ratio('coldMemory', 'fetch'),
       cold_in_memory_ratio: ratio('coldInMemory', 'fetch'),
       cold_link_ratio: ratio('linkCold', 'linkFetch'),
+      cold_usable_ratio: ratio('coldUsable', 'fetch'),
+      cold_link_usable_ratio: ratio('linkColdUsable', 'linkFetch'),
+      cold_link_usable_peer_ratio: ratio('linkColdUsable', 'linkPeer'),
     };
     console.log(`bare fetch            ${fmt(median(col('fetch')))}  (${((bytes / MiB / median(col('fetch'))) * 1000).toFixed(0)} MiB/s)`);
-    console.log(`cold loadPipeline     ${fmt(median(col('cold')))} blobs fetched+verified, ${fmt(median(col('coldStored')))} until stored in IndexedDB`);
+    console.log(`cold loadPipeline     ${fmt(median(col('cold')))} blobs fetched and handed to the engine, ${fmt(median(col('coldStored')))} until stored in IndexedDB`);
     console.log(`cold, MemoryStore     ${fmt(median(col('coldMemory')))}`);
     console.log(`cold, fits in memory  ${fmt(median(col('coldInMemory')))} (downloaded as bytes)`);
-    console.log(`over a ${GBIT} Gbit/s link: bare fetch ${fmt(median(col('linkFetch')))}, cold loadPipeline ${fmt(median(col('linkCold')))}`);
+    console.log(`cold loadPipeline     ${fmt(median(col('coldUsable')))} resolved (verified, WASM session built)`);
+    console.log(`over a ${GBIT} Gbit/s link: bare fetch ${fmt(median(col('linkFetch')))}, cold loadPipeline ${fmt(median(col('linkCold')))} (${fmt(median(col('linkColdUsable')))} resolved); the peer's fetch + session ${fmt(median(col('linkPeer')))}`);
     console.log(`raw IndexedDB read    ${fmt(median(col('idb')))} (Blob records); ${fmt(median(col('idbArrayBuffer')))} as Uint8Array records`);
     console.log(`Cache API read        ${fmt(median(col('cache')))}; with the WASM session ${fmt(median(col('cacheSession')))}`);
     console.log(`warm loadPipeline     ${fmt(median(col('warm')))} bytes to the engine, ${fmt(median(col('warmUsable')))} resolved (verified, WASM session built)`);

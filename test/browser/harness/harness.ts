@@ -369,6 +369,19 @@ const bench = {
     if (hashes.some((h, i) => h !== digests[i + 1])) throw new Error('verifiedSession: a stored record does not hash to its digest');
     return ms;
   },
+  /**
+   * The peer's whole cold path: every body fetched whole (as transformers.js does, its Cache API
+   * write left out) and an onnxruntime-web session from those bytes, nothing verified. `urls[0]` is the graph.
+   */
+  async fetchSession(urls: string[]): Promise<number> {
+    const t = performance.now();
+    const bodies = await Promise.all(urls.map(async (u) => new Uint8Array(await (await fetch(u, { cache: 'no-store' })).arrayBuffer())));
+    const hex = (u: string) => u.slice(u.lastIndexOf('/') + 1);
+    const session = await createOrtEngine().create(bodies[0], bodies.slice(1).map((data, i) => ({ path: hex(urls[i + 1]), data })), 'wasm', 'wasm');
+    const ms = performance.now() - t;
+    await session.release();
+    return ms;
+  },
   /** The same reads plus one SHA-256 per record as it arrives: the least a verifying warm loader must do. */
   async idbReadAndHash(digests: string[]): Promise<number> {
     const db = createStore('fuseload', 'blobs');
