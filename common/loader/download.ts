@@ -200,6 +200,10 @@ export async function downloadBlob(options: DownloadOptions): Promise<DownloadRe
  * external data from Blobs: a large pipeline's shards are then never whole in this thread's memory),
  * and hashed once it is in (`hashBlob`), not as it streams: a streaming hasher keeps a whole copy of
  * its own, which is what this avoids (it also measured slower: test/bench/browser-load.ts).
+ * An incremental WASM SHA-256 that holds nothing (hash-wasm, 100–300 MB/s a worker in Chromium on
+ * the bench machine) was measured too: over a 1 Gbit/s link the load resolved 5% sooner (1.20 →
+ * 1.14 of a bare fetch), on loopback, where the download keeps the cores busy, 10–20% later, and its
+ * own speed gave no signal to choose by (it was as slow on the link). Not worth a second path.
  */
 export async function downloadAsBlob(options: BlobDownloadOptions): Promise<BlobDownloadResult> {
   const hash = options.hashBlob ?? (async (blob: Blob) => sha256(new Uint8Array(await blob.arrayBuffer())));
