@@ -2,12 +2,11 @@
  * The page the Chromium tests drive: `window.harness` wraps the browser runtime so a test
  * can load, run and inspect with one `page.evaluate` and get plain JSON back.
  */
-import { createStore, get, getMany, set } from 'idb-keyval';
+import { createStore, getMany, set } from 'idb-keyval';
 import { sampleFeeds } from '../../../common/sample-input.ts';
 import type { Device, Engine, GenerateOptions, LoraOverlay, Pipeline, PipelineInfo, ProgressEvent } from '../../../common/pipeline.ts';
 import { createLoader, type Loader } from '../../../common/loader/index.ts';
 import { MemoryStore } from '../../../common/store.ts';
-import { downloadBlob } from '../../../common/loader/download.ts';
 import { createWorkerHasher } from '../../../web/worker-hasher.ts';
 import { StallSafeBlob } from '../../../web/blob-reads.ts';
 import { type GenerateTimes, timeAlternating, timeGenerate } from '../../support/generate-replay.ts';
@@ -303,12 +302,6 @@ const bench = {
     if (bodies.some((b) => b.byteLength === 0)) throw new Error('empty body');
     return performance.now() - t;
   },
-  /** Bare fetch plus one SHA-256 per body: the least any verifying loader must do. */
-  async fetchAndHash(urls: string[]): Promise<number> {
-    const t = performance.now();
-    await Promise.all(urls.map(async (u) => crypto.subtle.digest('SHA-256', await (await fetch(u, { cache: 'no-store' })).arrayBuffer())));
-    return performance.now() - t;
-  },
   /** The same records read straight from the loader's IndexedDB database, as bytes (a Blob record read whole). */
   async idbRead(digests: string[]): Promise<number> {
     const db = createStore('fuseload', 'blobs');
@@ -381,51 +374,6 @@ const bench = {
     const ms = performance.now() - t;
     await session.release();
     return ms;
-  },
-  /** The same reads plus one SHA-256 per record as it arrives: the least a verifying warm loader must do. */
-  async idbReadAndHash(digests: string[]): Promise<number> {
-    const db = createStore('fuseload', 'blobs');
-    const t = performance.now();
-    await Promise.all(
-      digests.map(async (d) => {
-        const value = await get<Uint8Array>(`blob:${d}`, db);
-        if (!value) throw new Error('idbReadAndHash: a blob is missing');
-        await crypto.subtle.digest('SHA-256', value as Uint8Array<ArrayBuffer>);
-      }),
-    );
-    return performance.now() - t;
-  },
-  /**
-   * Diagnostics for the cold path: every blob at once through the loader's `downloadBlob` alone
-   * (no store, no locks), its check deferred; `stream` hashes as the bytes arrive (the browser's hashing workers).
-   */
-  async downloadOnly(blobs: { url: string; digest: string; size: number }[], stream: boolean): Promise<number> {
-    const hasher = stream ? createWorkerHasher() : undefined;
-    const t = performance.now();
-    const results = await Promise.all(
-      blobs.map((b) => downloadBlob({ url: b.url, digest: b.digest as `sha256:${string}`, size: b.size, fetch: (i, o) => fetch(i, o), deferVerify: true, ...(hasher ? { stream: (size: number) => hasher.stream(size) } : {}) })),
-    );
-    const ms = performance.now() - t;
-    await Promise.all(results.map((r) => r.verified));
-    return ms;
-  },
-  /** A bare reader loop into one buffer per blob, nothing else: what any streaming loader pays over `arrayBuffer()`. */
-  async readerLoop(blobs: { url: string; size: number }[]): Promise<number> {
-    const t = performance.now();
-    await Promise.all(
-      blobs.map(async (b) => {
-        const reader = (await fetch(b.url, { cache: 'no-store' })).body!.getReader();
-        const out = new Uint8Array(b.size);
-        let at = 0;
-        for (;;) {
-          const { done, value } = await reader.read();
-          if (done) break;
-          out.set(value, at);
-          at += value.byteLength;
-        }
-      }),
-    );
-    return performance.now() - t;
   },
   /** Fills the Cache API with the blobs (as transformers.js and others cache models). */
   async cacheApiFill(urls: string[]): Promise<void> {
