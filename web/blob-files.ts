@@ -179,8 +179,18 @@ export class BlobFiles {
     await this.#removeFile(name);
   }
 
+  /**
+   * Removes `name`, tried again a few times while the browser still holds it locked (a writable
+   * aborted a moment ago); what still cannot go is left to the next `sweep`.
+   */
   async #removeFile(name: string): Promise<void> {
-    await (await this.#folderHandle())?.removeEntry(name).catch(() => {});
+    const folder = await this.#folderHandle();
+    if (!folder) return;
+    for (const waitMs of [0, 20, 100, 500]) {
+      if (waitMs) await new Promise((resolve) => setTimeout(resolve, waitMs));
+      const error = await folder.removeEntry(name).then(() => null, (e: unknown) => e);
+      if (!error || (error as DOMException).name === 'NotFoundError') return;
+    }
   }
 
   async clear(): Promise<void> {

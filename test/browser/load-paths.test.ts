@@ -124,6 +124,13 @@ describe('browser load paths', () => {
     await other.context().close();
   });
 
+  test('a file let go while the browser still holds it locked is removed once the lock goes, not left behind', async () => {
+    const page = await openPage();
+    // Locked for 60 ms: the removal is tried again (20, 100, 500 ms) until it goes.
+    expect(await page.evaluate(() => window.harness.releaseLockedFile(60))).toEqual([]);
+    await page.context().close();
+  });
+
   for (const layout of ['Blob', 'Uint8Array'] as const) {
     test(`a tampered stored shard (${layout} record) is caught while its session is built, before any output`, async () => {
       const page = await openPage();

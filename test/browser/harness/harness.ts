@@ -9,6 +9,7 @@ import { createLoader, type Loader } from '../../../common/loader/index.ts';
 import { MemoryStore } from '../../../common/store.ts';
 import { createWorkerHasher } from '../../../web/worker-hasher.ts';
 import { StallSafeBlob } from '../../../web/blob-reads.ts';
+import { BlobFiles } from '../../../web/blob-files.ts';
 import { type GenerateTimes, timeAlternating, timeGenerate } from '../../support/generate-replay.ts';
 import { type BrowserLoader, createBrowserLoader, createOrtEngine, type OrtBuild, persist, webgpuAdapter } from '../../../web/index.ts';
 // LoRA switching (test/browser/lora-switch.test.ts, test/bench/overlay.ts): `window.loraSwitch`.
@@ -416,13 +417,36 @@ const harness = {
     const values = await getMany<unknown>(digests.map((d) => `blob:${d}`), createStore('fuseload', 'blobs'));
     return values.map((v) => (v === undefined ? 'missing' : (v as object).constructor.name));
   },
-  /** The blobs (digest hex) of the OPFS files behind downloaded records (web/blob-files.ts: `<hex>.<random>`), sorted. */
-  async diskFiles(): Promise<string[]> {
+  /** The blobs (digest hex) of the OPFS files behind downloaded records (web/blob-files.ts: `<hex>.<random>`), sorted; `names`: the whole file names. */
+  async diskFiles({ names: whole = false }: { names?: boolean } = {}): Promise<string[]> {
     const root = await navigator.storage.getDirectory();
     const folder = await root.getDirectoryHandle('fuseload.files').catch(() => null);
     const names: string[] = [];
-    if (folder) for await (const name of (folder as unknown as { keys(): AsyncIterable<string> }).keys()) names.push(name.slice(0, 64));
+    if (folder) for await (const name of (folder as unknown as { keys(): AsyncIterable<string> }).keys()) names.push(whole ? name : name.slice(0, 64));
     return names.sort();
+  },
+  /**
+   * A download's file let go (`release`) while another writer still has it open for `lockedMs`, as a
+   * writable aborted a moment earlier can: removing it fails until then (NoModificationAllowedError).
+   * Returns the files of a folder of its own left once `release` resolved.
+   */
+  async releaseLockedFile(lockedMs: number): Promise<string[]> {
+    const files = new BlobFiles('fuseload-locked-test.files');
+    const sink = (await files.sink(`sha256:${'cd'.repeat(32)}`, 8))!;
+    await sink.write(new Uint8Array(8), 0);
+    await sink.finish();
+    const folder = await (await navigator.storage.getDirectory()).getDirectoryHandle('fuseload-locked-test.files');
+    const list = async () => {
+      const names: string[] = [];
+      for await (const name of (folder as unknown as { keys(): AsyncIterable<string> }).keys()) names.push(name);
+      return names;
+    };
+    const [name] = await list();
+    const other = await (await folder.getFileHandle(name)).createWritable({ keepExistingData: true });
+    const unlocked = new Promise((resolve) => setTimeout(resolve, lockedMs)).then(() => other.close());
+    await sink.release();
+    await unlocked;
+    return list();
   },
   /** Leaves a file with no record behind, as a load that died mid-download would. */
   async strandDiskFile(name: string): Promise<void> {
