@@ -48,6 +48,7 @@ afterAll(async () => {
   await browser?.close();
   for (const o of [site, origin, tinyOrigin, ...merged.values()]) await o?.close();
   for (const dir of [pagesDir, work]) if (dir) await rm(dir, { recursive: true, force: true });
+  await fx?.remove();
 });
 
 async function openPage(): Promise<Page> {

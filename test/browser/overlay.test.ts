@@ -40,6 +40,7 @@ afterAll(async () => {
   await origin?.close();
   for (const o of merged.values()) await o.close();
   if (pagesDir) await rm(pagesDir, { recursive: true, force: true });
+  await fx?.remove();
 });
 
 async function openPage(): Promise<Page> {

@@ -51,6 +51,7 @@ beforeAll(async () => {
 afterAll(async () => {
   await origin?.close();
   for (const r of roots) await rm(r, { recursive: true, force: true });
+  await fx?.remove();
 });
 
 /** onnxruntime-node behind a window: component sessions made (bytes or store files) and merge-graph sessions. */

@@ -42,6 +42,7 @@ afterAll(async () => {
   await baseOrigin?.close();
   for (const o of mergedOrigins.values()) await o.close();
   for (const r of roots) await rm(r, { recursive: true, force: true });
+  await fx?.remove();
 });
 
 const post = (body: unknown) => fetch(`${server.url}/v1/generate`, { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify(body) });

@@ -30,6 +30,7 @@ beforeAll(async () => {
 afterAll(async () => {
   await origin?.close();
   for (const r of roots) await rm(r, { recursive: true, force: true });
+  await fx?.remove();
 });
 
 /** onnxruntime-node on an artifact's graph file, as any ONNX tool would run it. */

@@ -4,7 +4,7 @@
  * and one LoRA-merged artifact per case — `fuseload build` with the same LoRAs and scales,
  * the numbers an overlay must reproduce.
  */
-import { copyFile, mkdtemp, readFile, writeFile } from 'node:fs/promises';
+import { copyFile, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { type Digest, digestHex, sha256 } from '../../common/digest.ts';
@@ -51,6 +51,8 @@ export interface OverlayArtifacts {
   merged: Map<string, BuiltArtifact>;
   /** The overlays a case asks for (cool with its alpha). */
   overlays(c: OverlayCase): LoraOverlay[];
+  /** Removes the temporary folder everything above lives in (a test file's `afterAll`). */
+  remove(): Promise<void>;
 }
 
 /** kohya keys shaped for a 33-wide layer on the sample's 32-wide to_out.0: must not fit. */
@@ -98,6 +100,7 @@ export async function overlayArtifacts(cases: OverlayCase[] = CASES): Promise<Ov
     coolAlpha,
     merged,
     overlays: (c) => c.loras.map((l) => ({ digest: loras[l.file].digest, scale: l.scale, ...(l.file === 'cool' ? { alpha: coolAlpha } : {}) })),
+    remove: () => rm(work, { recursive: true, force: true }),
   };
 }
 
