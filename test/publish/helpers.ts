@@ -20,8 +20,17 @@ export const BUCKET = 'artifacts';
 /** s3rver's only credentials. */
 export const KEY = 'S3RVER';
 
+/** Folders `tempDir` made in this test file: removed after it (test/publish/setup.ts). */
+const tempDirs: string[] = [];
+
 export async function tempDir(prefix: string): Promise<string> {
-  return mkdtemp(join(tmpdir(), `fuseload-${prefix}-`));
+  const dir = await mkdtemp(join(tmpdir(), `fuseload-${prefix}-`));
+  tempDirs.push(dir);
+  return dir;
+}
+
+export async function removeTempDirs(): Promise<void> {
+  for (const dir of tempDirs.splice(0)) await rm(dir, { recursive: true, force: true });
 }
 
 export interface S3Server {

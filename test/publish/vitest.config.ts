@@ -5,6 +5,7 @@ export default defineProject({
     name: 'publish',
     root: new URL('../..', import.meta.url).pathname,
     include: ['test/publish/**/*.test.ts'],
+    setupFiles: ['test/publish/setup.ts'],
     environment: 'node',
     testTimeout: 60_000,
     hookTimeout: 60_000,
