@@ -3,6 +3,7 @@
  * can load, run and inspect with one `page.evaluate` and get plain JSON back.
  */
 import { createStore, getMany, set } from 'idb-keyval';
+import { type Digest, digestHex } from '../../../common/digest.ts';
 import { sampleFeeds } from '../../../common/sample-input.ts';
 import type { Device, Engine, GenerateOptions, LoraOverlay, Pipeline, PipelineInfo, ProgressEvent } from '../../../common/pipeline.ts';
 import { createLoader, type Loader } from '../../../common/loader/index.ts';
@@ -291,10 +292,29 @@ async function benchGenerate(p: Pipeline, bench: NonNullable<HarnessLoad['genera
   return { ...times, readbacks: (await readbacks(bench.options)).readbacks };
 }
 
-/** Baselines for test/bench/browser-load.ts: the same bytes without the loader. Each returns ms. */
 /** verifiedSession's hashing workers (made on its first call). */
 let benchHasher: ReturnType<typeof createWorkerHasher> | null = null;
 
+/**
+ * A WASM session from blob bodies already in hand (`urls[0]`'s is the graph, each shard's path its
+ * URL's last segment), released again: what the peers' paths end in. Returns when it was built.
+ */
+async function peerSession(urls: string[], bodies: Uint8Array[]): Promise<number> {
+  const hex = (u: string) => u.slice(u.lastIndexOf('/') + 1);
+  const session = await createOrtEngine().create(bodies[0], bodies.slice(1).map((data, i) => ({ path: hex(urls[i + 1]), data })), 'wasm', 'wasm');
+  const built = performance.now();
+  await session.release();
+  return built;
+}
+
+/** The names in an OPFS folder. */
+async function namesIn(folder: FileSystemDirectoryHandle): Promise<string[]> {
+  const names: string[] = [];
+  for await (const name of (folder as unknown as { keys(): AsyncIterable<string> }).keys()) names.push(name);
+  return names;
+}
+
+/** Baselines for test/bench/browser-load.ts: the same bytes without the loader. Each returns ms. */
 const bench = {
   /** The best a page does with bare fetch: every URL at once, whole bodies. */
   async bareFetch(urls: string[]): Promise<number> {
@@ -333,11 +353,7 @@ const bench = {
     const cache = await caches.open('fuseload-bench');
     const t = performance.now();
     const bodies = await Promise.all(urls.map(async (u) => new Uint8Array(await (await cache.match(u))!.arrayBuffer())));
-    const hex = (u: string) => u.slice(u.lastIndexOf('/') + 1);
-    const session = await createOrtEngine().create(bodies[0], bodies.slice(1).map((data, i) => ({ path: hex(urls[i + 1]), data })), 'wasm', 'wasm');
-    const ms = performance.now() - t;
-    await session.release();
-    return ms;
+    return (await peerSession(urls, bodies)) - t;
   },
   /**
    * The least a verifying warm load does, with no loader around it: a session from the stored Blob
@@ -355,7 +371,7 @@ const bench = {
     const hasher = benchHasher;
     const t = performance.now();
     const [session, hashes] = await Promise.all([
-      createOrtEngine().create(graph, records.slice(1).map((data, i) => ({ path: digests[i + 1].slice(7), data })), 'wasm', 'wasm'),
+      createOrtEngine().create(graph, records.slice(1).map((data, i) => ({ path: digestHex(digests[i + 1] as Digest), data })), 'wasm', 'wasm'),
       Promise.all(records.slice(1).map((r) => hasher.blob(r))),
     ]);
     const ms = performance.now() - t;
@@ -370,11 +386,7 @@ const bench = {
   async fetchSession(urls: string[]): Promise<number> {
     const t = performance.now();
     const bodies = await Promise.all(urls.map(async (u) => new Uint8Array(await (await fetch(u, { cache: 'no-store' })).arrayBuffer())));
-    const hex = (u: string) => u.slice(u.lastIndexOf('/') + 1);
-    const session = await createOrtEngine().create(bodies[0], bodies.slice(1).map((data, i) => ({ path: hex(urls[i + 1]), data })), 'wasm', 'wasm');
-    const ms = performance.now() - t;
-    await session.release();
-    return ms;
+    return (await peerSession(urls, bodies)) - t;
   },
   /** Fills the Cache API with the blobs (as transformers.js and others cache models). */
   async cacheApiFill(urls: string[]): Promise<void> {
@@ -421,9 +433,8 @@ const harness = {
   async diskFiles({ names: whole = false }: { names?: boolean } = {}): Promise<string[]> {
     const root = await navigator.storage.getDirectory();
     const folder = await root.getDirectoryHandle('fuseload.files').catch(() => null);
-    const names: string[] = [];
-    if (folder) for await (const name of (folder as unknown as { keys(): AsyncIterable<string> }).keys()) names.push(whole ? name : name.slice(0, 64));
-    return names.sort();
+    const names = folder ? await namesIn(folder) : [];
+    return names.map((name) => (whole ? name : name.slice(0, 64))).sort();
   },
   /**
    * A download's file let go (`release`) while another writer still has it open for `lockedMs`, as a
@@ -436,17 +447,12 @@ const harness = {
     await sink.write(new Uint8Array(8), 0);
     await sink.finish();
     const folder = await (await navigator.storage.getDirectory()).getDirectoryHandle('fuseload-locked-test.files');
-    const list = async () => {
-      const names: string[] = [];
-      for await (const name of (folder as unknown as { keys(): AsyncIterable<string> }).keys()) names.push(name);
-      return names;
-    };
-    const [name] = await list();
+    const [name] = await namesIn(folder);
     const other = await (await folder.getFileHandle(name)).createWritable({ keepExistingData: true });
     const unlocked = new Promise((resolve) => setTimeout(resolve, lockedMs)).then(() => other.close());
     await sink.release();
     await unlocked;
-    return list();
+    return namesIn(folder);
   },
   /** Leaves a file with no record behind, as a load that died mid-download would. */
   async strandDiskFile(name: string): Promise<void> {
