@@ -401,6 +401,11 @@ export function createBlobSource(o: BlobSourceOptions) {
     getBlob,
     getBlobs,
     fetchSmall,
+    /** A store write that goes on behind a load (a fetched manifest's): `flush` waits for it too. */
+    behind(write: Promise<unknown>): void {
+      pendingWrites.add(write);
+      void settled(write).then(() => pendingWrites.delete(write));
+    },
     async flush() {
       while (pendingWrites.size) await Promise.allSettled([...pendingWrites]);
     },

@@ -128,8 +128,6 @@ export function createLoader(runtime: LoaderRuntime): Loader {
   });
   const { memory } = blobs;
   const pipelines = new Map<string, Promise<CachedPipeline>>();
-  /** Fetched manifests being written to the store, behind the loads that fetched them (`flush`). */
-  const manifestWrites = new Set<Promise<void>>();
   const overlay = createOverlayRuntime({ engine, memory, store, fetch: fetchFn, warn, ortMinElements: runtime.overlayOrtMinElements });
   const switchMode = runtime.loraSwitch ?? 'auto';
   const switcher = createSwitchRuntime({ engine, warn, ortMinElements: runtime.overlayOrtMinElements });
@@ -149,10 +147,7 @@ export function createLoader(runtime: LoaderRuntime): Loader {
     // them: IndexedDB queues the write after the blobs' own, and awaited it held a cold 280 MiB load
     // over a 1 Gbit/s link back by about a second (test/bench/browser-load.ts). `flush` waits for it.
     const keepManifest = () => {
-      if (!fetched) return;
-      const write = store.put(fingerprint, fetched, 'manifest').catch((e) => warn(`${manifestKey(fingerprint)}: not cached (${errorText(e)})`));
-      manifestWrites.add(write);
-      void write.finally(() => manifestWrites.delete(write));
+      if (fetched) blobs.behind(store.put(fingerprint, fetched, 'manifest').catch((e) => warn(`${manifestKey(fingerprint)}: not cached (${errorText(e)})`)));
     };
     const providers = engine.providers(options.device ?? 'auto');
     if (providers.length === 0) throw new FuseloadError('unsupported', `device: "${options.device}" names no provider this runtime has`);
@@ -590,10 +585,7 @@ export function createLoader(runtime: LoaderRuntime): Loader {
   return {
     loadPipeline,
     memory,
-    async flush() {
-      while (manifestWrites.size) await Promise.allSettled([...manifestWrites]);
-      await blobs.flush();
-    },
+    flush: () => blobs.flush(),
     async clearMemory() {
       memory.clear();
       const entries = await Promise.all([...pipelines.values()].map((p) => p.catch(() => null)));
