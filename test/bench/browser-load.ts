@@ -36,6 +36,9 @@
  *   cold_link_usable_ratio      = the same over the link / the link's bare fetch: the whole wait a user has
  *   cold_link_usable_peer_ratio = the same / the peer's whole cold path over the link: fetch every body whole, then the
  *                                 same session from those bytes, nothing verified or stored (harness `fetchSession`)
+ *   cold_link_worker_usable_ratio      = cold_link_usable with the loader in its Web Worker (createWorkerLoader, the
+ *                                        demo's default), one worker kept across the run as a page keeps it
+ *   warm_usable_worker_cache_api_ratio = warm_usable_cache_api with the loader in its Web Worker, the same way
  *   cold_in_memory_ratio        = the cold load with a memory tier the weights fit (512 MiB) / bare fetch: shards
  *                                 downloaded as bytes, hashed as they stream; the default tier (256 MiB) does not
  *                                 hold these 280 MiB, so `cold_ratio`'s load writes them to files on disk instead
@@ -52,6 +55,7 @@ import { mulberry32 } from '../../common/sample-input.ts';
 import { GraphBuilder } from '../../tools/onnx/builder.ts';
 import { encodeModel } from '../../tools/onnx/model.ts';
 import type { HarnessLoad, HarnessResult } from '../browser/harness/harness.ts';
+import type { WorkerHarnessLoad, WorkerHarnessResult } from '../browser/harness/worker-harness.ts';
 import { fuseload } from '../support/artifact.ts';
 import { launchPersistentChromium } from '../support/chromium.ts';
 import { startOrigin } from '../support/origin.ts';
@@ -130,9 +134,14 @@ async function main() {
     const digests = blobs.map((b) => b.digest);
     const load = (options: Partial<HarnessLoad> = {}) =>
       page.evaluate((o) => window.harness.load(o), { origin: origin.url, model: 'big', tag: 'latest', device: 'wasm' as const, keepEvents: false, ...options }) as Promise<HarnessResult>;
-    const check = (r: HarnessResult, want: 'network' | 'store' | null) => {
+    // The demo's path: the loader in its Web Worker, one kept for the whole run as a page keeps it.
+    const inWorker = (options: Partial<WorkerHarnessLoad> = {}) =>
+      page.evaluate((o) => window.workerHarness.load(o), { origin: origin.url, model: 'big', tag: 'latest', device: 'wasm' as const, reuse: true, ...options }) as Promise<WorkerHarnessResult>;
+    const check = <R extends HarnessResult | WorkerHarnessResult>(r: R, want: 'network' | 'store' | null, kept = false): R => {
       if (!r.ok) throw new Error(`load failed: ${r.error?.message}`);
-      if (want && Object.values(r.info!.sources).some((s) => s !== want)) throw new Error(`a ${want === 'network' ? 'cold' : 'warm'} load took blobs from elsewhere: ${JSON.stringify(r.info!.sources)}`);
+      // A kept worker's memory tier holds the small graph between its loads (`kept`); the weights must come from `want`.
+      const sources = Object.entries(r.info!.sources).filter(([digest]) => !kept || digest !== manifest.graph.digest);
+      if (want && sources.some(([, s]) => s !== want)) throw new Error(`a ${want === 'network' ? 'cold' : 'warm'} load took blobs from elsewhere: ${JSON.stringify(r.info!.sources)}`);
       return r;
     };
     const settle = () => new Promise((r) => setTimeout(r, 500));
@@ -143,6 +152,8 @@ async function main() {
     await page.evaluate((u) => window.harness.bench.bareFetch(u), urls);
     await page.evaluate(() => window.harness.clearCache());
     check(await load(), 'network');
+    await page.evaluate(() => window.harness.clearCache());
+    check(await inWorker(), 'network');
 
     const rows: Record<string, number>[] = [];
     for (let round = 0; round < RUNS; round++) {
@@ -164,7 +175,11 @@ async function main() {
       r.coldStored = cold.storedMs!;
       const memoryOnly = check(await load({ memoryStore: true }), 'network');
       r.coldMemory = memoryOnly.blobsReadyMs!;
-      // The same over the link.
+      // Over the link: the demo's worker loader (first: its memory tier keeps the graph, which it then
+      // does not store again), then the page's loader beside the bare fetch and the peer.
+      await page.evaluate(() => window.harness.clearCache());
+      await settle();
+      r.linkWorkerUsable = check(await inWorker({ origin: link.url }), 'network', true).loadMs!;
       await page.evaluate(() => window.harness.clearCache());
       await settle();
       let linkCold!: HarnessResult;
@@ -186,13 +201,15 @@ async function main() {
         async () => void (r.idbArrayBuffer = await page.evaluate((u) => window.harness.bench.idbArrayBufferRead(u), urls)),
         async () => void (r.cacheSession = await page.evaluate((u) => window.harness.bench.cacheApiSession(u), urls)),
         async () => void (r.verifiedSession = await page.evaluate((d) => window.harness.bench.verifiedSession(d), digests)),
+        async () => void (r.warmWorkerUsable = check(await inWorker(), 'store', true).loadMs!),
       ]);
       r.warm = warm.blobsReadyMs!;
       r.warmUsable = warm.ms;
       rows.push(r);
       console.log(
         `round ${round + 1}: fetch ${fmt(r.fetch)} cold ${fmt(r.cold)} (stored ${fmt(r.coldStored)}) memory-store ${fmt(r.coldMemory)} in-memory ${fmt(r.coldInMemory)} link: fetch ${fmt(r.linkFetch)} cold ${fmt(r.linkCold)} usable ${fmt(r.linkColdUsable)} peer+session ${fmt(r.linkPeer)} | ` +
-          `idb ${fmt(r.idb)} cache ${fmt(r.cache)} idb-uint8 ${fmt(r.idbArrayBuffer)} warm ${fmt(r.warm)} usable ${fmt(r.warmUsable)} peer+session ${fmt(r.cacheSession)} session+hashes ${fmt(r.verifiedSession)}`,
+          `idb ${fmt(r.idb)} cache ${fmt(r.cache)} idb-uint8 ${fmt(r.idbArrayBuffer)} warm ${fmt(r.warm)} usable ${fmt(r.warmUsable)} peer+session ${fmt(r.cacheSession)} session+hashes ${fmt(r.verifiedSession)} | ` +
+          `worker: link cold ${fmt(r.linkWorkerUsable)} warm ${fmt(r.warmWorkerUsable)}`,
       );
     }
     const col = (k: string) => rows.map((r) => r[k]);
@@ -210,6 +227,8 @@ async function main() {
       cold_usable_ratio: ratio('coldUsable', 'fetch'),
       cold_link_usable_ratio: ratio('linkColdUsable', 'linkFetch'),
       cold_link_usable_peer_ratio: ratio('linkColdUsable', 'linkPeer'),
+      cold_link_worker_usable_ratio: ratio('linkWorkerUsable', 'linkFetch'),
+      warm_usable_worker_cache_api_ratio: ratio('warmWorkerUsable', 'cacheSession'),
     };
     console.log(`bare fetch            ${fmt(median(col('fetch')))}  (${((bytes / MiB / median(col('fetch'))) * 1000).toFixed(0)} MiB/s)`);
     console.log(`cold loadPipeline     ${fmt(median(col('cold')))} blobs fetched and handed to the engine, ${fmt(median(col('coldStored')))} until stored in IndexedDB`);
@@ -221,6 +240,7 @@ async function main() {
     console.log(`Cache API read        ${fmt(median(col('cache')))}; with the WASM session ${fmt(median(col('cacheSession')))}`);
     console.log(`warm loadPipeline     ${fmt(median(col('warm')))} bytes to the engine, ${fmt(median(col('warmUsable')))} resolved (verified, WASM session built)`);
     console.log(`session + hashes      ${fmt(median(col('verifiedSession')))} (the same session from the stored records while workers hash them, no loader)`);
+    console.log(`in the loader's Web Worker (the demo's path): cold over the link ${fmt(median(col('linkWorkerUsable')))} resolved, warm ${fmt(median(col('warmWorkerUsable')))} resolved`);
     for (const [k, v] of Object.entries(ratios)) console.log(`${k.padEnd(28)} ${spread(v)}  (median [min–max] of ${RUNS})`);
     const spreads = Object.entries(ratios).map(([k, v]) => `${k.replace(/_ratio$/, '')}_spread=${Math.min(...v).toFixed(2)}-${Math.max(...v).toFixed(2)}`);
     console.log(`BENCH browser ${Object.entries(ratios).map(([k, v]) => `${k}=${median(v).toFixed(2)}`).join(' ')} ${spreads.join(' ')} rounds=${RUNS} bytes=${bytes}`);

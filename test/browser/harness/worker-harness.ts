@@ -27,6 +27,8 @@ export interface WorkerHarnessLoad {
   loader?: WorkerInit;
   /** Keep the pipeline loaded (no dispose) until `window.workerHarness.release()`, for a memory reading meanwhile. */
   hold?: boolean;
+  /** Load with one worker loader kept across the calls that ask for it (started by the first), as a page keeps its loader. */
+  reuse?: boolean;
 }
 
 export interface WorkerHarnessResult {
@@ -45,6 +47,8 @@ export interface WorkerHarnessResult {
   longTasks: number[];
   /** What the loader warned of. */
   warnings: string[];
+  /** ms from the loadPipeline call until it resolved. */
+  loadMs?: number;
   /** With hold: ms from the call until release(). */
   heldMs?: number;
   /** What run() said after dispose(). */
@@ -54,6 +58,9 @@ export interface WorkerHarnessResult {
 
 const ABORTED_STEPS = 50;
 let held: (() => void) | null = null;
+/** The worker loader `reuse` loads share, and where its warnings go (the latest call's list). */
+let kept: ReturnType<typeof createWorkerLoader> | null = null;
+let keptWarn: (m: string) => void = () => {};
 
 async function load(options: WorkerHarnessLoad): Promise<WorkerHarnessResult> {
   const longTasks: number[] = [];
@@ -67,10 +74,12 @@ async function load(options: WorkerHarnessLoad): Promise<WorkerHarnessResult> {
   let progressEvents = 0;
   const warnings: string[] = [];
   const warn = (m: string) => void warnings.push(m);
-  const worker = options.onMainThread ? null : createWorkerLoader({ ...options.loader, warn });
+  const worker = options.onMainThread ? null : options.reuse ? (kept ??= createWorkerLoader({ ...options.loader, warn: (m) => keptWarn(m) })) : createWorkerLoader({ ...options.loader, warn });
+  keptWarn = warn;
   const loader = worker ?? createBrowserLoader({ ...options.loader, warn });
   const result: WorkerHarnessResult = { ok: false, steps, progressEvents: 0, sessionInputs: {}, longTasks, warnings, ms: 0 };
   try {
+    const loading = performance.now();
     const p: Pipeline = await loader.loadPipeline({
       origin: options.origin,
       model: options.model,
@@ -83,6 +92,7 @@ async function load(options: WorkerHarnessLoad): Promise<WorkerHarnessResult> {
         byFile.set(lastProgress.file, `${e.phase} ${e.loaded}/${e.total}`);
       },
     });
+    result.loadMs = performance.now() - loading;
     const { manifest: _manifest, ...info } = p.info;
     result.info = info;
     for (const [role, s] of Object.entries(p.sessions)) result.sessionInputs[role] = [...(s?.inputNames ?? [])];
@@ -130,7 +140,7 @@ async function load(options: WorkerHarnessLoad): Promise<WorkerHarnessResult> {
     for (const entry of observer.takeRecords()) longTasks.push(Math.round(entry.duration));
     observer.disconnect();
     await loader.flush();
-    worker?.terminate();
+    if (!options.reuse) worker?.terminate();
   }
   result.progressEvents = progressEvents;
   result.ms = performance.now() - started;
