@@ -14,6 +14,18 @@ import { createWorkerHasher } from './worker-hasher.ts';
 /** The browser's memory tier, by default: small pipelines stay whole, a large one is not held twice. */
 export const DEFAULT_MEMORY_BUDGET_BYTES = 256 * 1024 * 1024;
 
+/**
+ * The most weight bytes a load takes in memory, by default: an eighth of the device's memory
+ * (`navigator.deviceMemory`, which Chromium caps at 8 GiB; 4 GiB where it is not given), and never
+ * less than the memory tier. A load that fits works as the peers do — bytes in memory beside the
+ * engine's copy, about twice the weights while the session is built — and is read and verified
+ * once; a larger one (an SD-sized pipeline) works from files and handles, at about 1.3× (docs/architecture.md).
+ */
+export function defaultInMemoryLoadBytes(memoryBudgetBytes: number): number {
+  const gib = (globalThis.navigator as (Navigator & { deviceMemory?: number }) | undefined)?.deviceMemory ?? 4;
+  return Math.max(memoryBudgetBytes, (Math.min(gib, 8) * 1024 ** 3) / 8);
+}
+
 /** One pool of hashing workers per page or worker, shared by its loaders (made on the first loader). */
 let hasher: OffThreadHasher | undefined | null = null;
 
@@ -37,6 +49,14 @@ export interface BrowserLoaderOptions {
    * double what the page holds; what is dropped is read from IndexedDB again (a Blob read).
    */
   memoryBudgetBytes?: number;
+  /**
+   * The most weight bytes a load takes in memory (default `defaultInMemoryLoadBytes`: an eighth of
+   * the device's memory, at least memoryBudgetBytes). Up to it, downloads come as bytes and stored
+   * shards are read and verified by the hashing workers and given to onnxruntime-web as bytes; past
+   * it, downloads go into files (`filesOnDisk`) and shards are handed over as Blobs, never whole in
+   * memory here.
+   */
+  inMemoryLoadBytes?: number;
   warn?: (message: string) => void;
   /**
    * Hash in Web Workers (default true; worker-hasher.ts): false hashes on the loader's thread with
@@ -59,6 +79,7 @@ export interface BrowserLoader extends Loader {
 
 export function createBrowserLoader(options: BrowserLoaderOptions = {}): BrowserLoader {
   const store = new IdbStore({ dbName: options.dbName, budgetBytes: options.budgetBytes, filesOnDisk: options.filesOnDisk });
+  const memoryBudgetBytes = options.memoryBudgetBytes ?? DEFAULT_MEMORY_BUDGET_BYTES;
   const loader = createLoader({
     engine: options.engine ?? createOrtEngine({ wasmPaths: options.wasmPaths, warn: options.warn }),
     store,
@@ -66,7 +87,8 @@ export function createBrowserLoader(options: BrowserLoaderOptions = {}): Browser
     // IndexedDB writes compete with downloads and hashing for the same cores: write once the blobs are in.
     deferStoreWrites: true,
     concurrency: options.concurrency ?? Number.POSITIVE_INFINITY,
-    memoryBudgetBytes: options.memoryBudgetBytes ?? DEFAULT_MEMORY_BUDGET_BYTES,
+    memoryBudgetBytes,
+    inMemoryLoadBytes: options.inMemoryLoadBytes ?? defaultInMemoryLoadBytes(memoryBudgetBytes),
     warn: options.warn,
     // WebCrypto hashes on the calling thread: the checks run in workers, beside session creation.
     hasher: options.hashInWorkers === false ? undefined : hasher === null ? (hasher = createWorkerHasher()) : hasher,

@@ -6,6 +6,9 @@
  *
  * - `blob(handle)`: a stored Blob record; the worker reads it itself (the Blob is immutable: the
  *   same bytes the loader read) and hashes it with WebCrypto.
+ * - `read(handle)`: the same, and the bytes it read come back with the digest, moved: a load that
+ *   fits in memory gives the engine those instead of the handle, so the record is read once, not
+ *   once by the engine and again for its check (test/bench/browser-load.ts).
  * - `stream(size)`: a download's chunks, handed over as they arrive (moved, not copied, in
  *   batches) and gathered there, then hashed with WebCrypto when the last one is in; `update`
  *   returns a promise when the worker is behind by more than a few MiB, or holds more than 256 MiB
@@ -22,13 +25,13 @@ import { FuseloadError } from '../common/errors.ts';
 import type { OffThreadHasher, StreamHash } from '../common/loader/blobs.ts';
 
 export type ToHasher =
-  | { op: 'blob'; id: number; blob: Blob }
+  | { op: 'blob' | 'read'; id: number; blob: Blob }
   | { op: 'start'; id: number; size: number }
   | { op: 'chunks'; id: number; chunks: Uint8Array[] }
   | { op: 'end'; id: number }
   | { op: 'drop'; id: number };
 
-export type FromHasher = { id: number; hex?: string; acked?: number; error?: string };
+export type FromHasher = { id: number; hex?: string; bytes?: Uint8Array<ArrayBuffer>; acked?: number; error?: string };
 
 export interface HasherOptions {
   /** Hashing workers (default: one per core, at most 4; they hash while the loader's thread builds sessions, then alone). */
@@ -57,6 +60,8 @@ interface Slot {
 interface Job {
   slot: Slot;
   resolve(digest: Digest): void;
+  /** `read`: the bytes that came back with the digest. */
+  bytes?: Uint8Array<ArrayBuffer>;
   reject(error: unknown): void;
   /** Streams: bytes sent and not acknowledged, and who waits for them to drop. */
   behind: number;
@@ -78,7 +83,7 @@ export function createWorkerHasher(options: HasherOptions = {}): OffThreadHasher
       const worker = new Worker(new URL('./worker-sha256.ts', import.meta.url), { type: 'module', name: 'fuseload-sha256' });
       const s: Slot = { worker, jobs: 0, held: 0, waiting: [], sending: new Set() };
       worker.addEventListener('message', (event: MessageEvent<FromHasher>) => {
-        const { id, hex, acked, error } = event.data;
+        const { id, hex, bytes, acked, error } = event.data;
         const job = jobs.get(id);
         if (!job) return;
         if (acked !== undefined) {
@@ -87,6 +92,7 @@ export function createWorkerHasher(options: HasherOptions = {}): OffThreadHasher
           return;
         }
         finish(id, job);
+        job.bytes = bytes;
         if (hex) job.resolve(`sha256:${hex}`);
         else job.reject(new FuseloadError('engine', `SHA-256 worker: ${error}`));
       });
@@ -139,6 +145,19 @@ export function createWorkerHasher(options: HasherOptions = {}): OffThreadHasher
       j.slot.worker.postMessage({ op: 'blob', id, blob } satisfies ToHasher);
       // A Blob can be read again: a worker that died on it costs the check nothing.
       return digest.catch((e: unknown) => (broken ? inline() : Promise.reject(e)));
+    },
+    async read(blob: Blob): Promise<{ digest: Digest; bytes: Uint8Array<ArrayBuffer> }> {
+      const inline = async () => {
+        const bytes = new Uint8Array(await blob.arrayBuffer());
+        return { digest: await sha256(bytes), bytes };
+      };
+      if (broken) return inline();
+      const { id, job: j, digest } = job();
+      j.slot.worker.postMessage({ op: 'read', id, blob } satisfies ToHasher);
+      return digest.then(
+        (d) => ({ digest: d, bytes: j.bytes! }),
+        (e: unknown) => (broken ? inline() : Promise.reject(e)),
+      );
     },
     stream(size: number): StreamHash | null {
       if (broken) return null;

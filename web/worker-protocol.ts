@@ -14,6 +14,7 @@ export interface WorkerInit {
   dbName?: string;
   budgetBytes?: number;
   memoryBudgetBytes?: number;
+  inMemoryLoadBytes?: number;
   wasmPaths?: string;
   concurrency?: number;
   /** BrowserLoaderOptions.filesOnDisk: downloads too large for the memory tier go to OPFS files (default true). */

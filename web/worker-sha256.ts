@@ -5,6 +5,8 @@
  *
  * - `blob`: a Blob handle (a stored record or a download gathered into one; immutable): read here,
  *   into one reused buffer, and hashed.
+ * - `read`: the same into a buffer of its own, which goes back with the digest (moved, not copied):
+ *   the loader hands those verified bytes to the engine instead of the handle.
  * - `start` / `chunks` / `end`: a download as it streams, its chunks moved here (transferred, not
  *   copied) and gathered into one buffer, hashed when the last is in; every batch is acknowledged,
  *   for backpressure.
@@ -15,7 +17,7 @@ import { readBlobInto } from './blob-reads.ts';
 import type { FromHasher, ToHasher } from './worker-hasher.ts';
 
 const scope = self as unknown as {
-  postMessage(message: FromHasher): void;
+  postMessage(message: FromHasher, transfer?: Transferable[]): void;
   addEventListener(type: 'message', listener: (event: MessageEvent<ToHasher>) => void): void;
 };
 
@@ -30,16 +32,18 @@ function hex(buffer: ArrayBuffer): string {
   return out;
 }
 
-/** Hashes what `bytes` gives, after the hashes before it, and answers `id`. */
-function hashInTurn(id: number, bytes: () => Promise<ArrayBuffer | Uint8Array<ArrayBuffer>>): void {
-  queue = queue.then(() =>
-    bytes()
-      .then((b) => crypto.subtle.digest('SHA-256', b))
-      .then(
-        (d) => scope.postMessage({ id, hex: hex(d) }),
-        (e: unknown) => scope.postMessage({ id, error: e instanceof Error ? e.message : String(e) }),
-      ),
-  );
+/** Hashes what `bytes` gives, after the hashes before it, and answers `id` (with the bytes themselves, moved, when `give`). */
+function hashInTurn(id: number, bytes: () => Promise<Uint8Array<ArrayBuffer>>, give = false): void {
+  queue = queue.then(async () => {
+    try {
+      const b = await bytes();
+      const d = await crypto.subtle.digest('SHA-256', b);
+      if (give) scope.postMessage({ id, hex: hex(d), bytes: b }, [b.buffer]);
+      else scope.postMessage({ id, hex: hex(d) });
+    } catch (e) {
+      scope.postMessage({ id, error: e instanceof Error ? e.message : String(e) });
+    }
+  });
 }
 
 /**
@@ -75,6 +79,8 @@ scope.addEventListener('message', (event) => {
   switch (m.op) {
     case 'blob':
       return hashInTurn(m.id, () => readInto(m.blob));
+    case 'read':
+      return hashInTurn(m.id, () => readBlobInto(m.blob, new Uint8Array(m.blob.size)), true);
     case 'start':
       streams.set(m.id, { size: m.size, buffer: null, filled: 0 });
       return;

@@ -31,6 +31,8 @@ export interface BlobSourceOptions {
   deferStoreWrites: boolean;
   concurrency: number;
   memoryBudgetBytes?: number;
+  /** LoaderRuntime.inMemoryLoadBytes (default the memory tier's budget). */
+  inMemoryLoadBytes?: number;
   warn: (message: string) => void;
   /** Hashing off this thread, where the runtime has it (the browser's Web Workers); default WebCrypto inline. */
   hasher?: OffThreadHasher;
@@ -50,6 +52,8 @@ export interface StreamHash {
  */
 export interface OffThreadHasher {
   blob(blob: Blob): Promise<Digest>;
+  /** The Blob's bytes, read and hashed by the hasher and handed back with their digest (not copied back). */
+  read?(blob: Blob): Promise<{ digest: Digest; bytes: Uint8Array }>;
   /** A download of `size` bytes as it streams; null when it cannot take one (its workers failed): the download is hashed whole, inline. */
   stream(size: number): StreamHash | null;
 }
@@ -91,9 +95,11 @@ export interface GetOptions {
    * Which blobs getBlobs may hand out as a Blob, where the store keeps Blobs (for an engine that reads
    * external data from one, `Engine.externalDataBlobs`): a stored one is its record's handle, unread
    * (hashed by the hasher, which reads it itself). Downloads are handles too when these blobs do not
-   * fit the memory tier together (`downloadsAsHandles`, set by getBlobs): gathered into a file on disk
-   * (`fileSink`) or a Blob, hashed from it and stored as it is, never whole in memory here. Blobs that
-   * fit are downloaded as bytes — hashed as they stream and kept in the memory tier for the next load.
+   * fit in memory together (`downloadsAsHandles`, set by getBlobs against `inMemoryLoadBytes`): gathered
+   * into a file on disk (`fileSink`) or a Blob, hashed from it and stored as it is, never whole in memory
+   * here. Blobs that fit (`downloadsAsHandles` false) are downloaded as bytes — hashed as they stream
+   * and kept in the memory tier for the next load — and, where the hasher can `read`, stored ones are
+   * read once by it and handed out as those verified bytes, not as their records.
    */
   asHandle?: (ref: BlobRef) => boolean;
   downloadsAsHandles?: boolean;
@@ -197,6 +203,23 @@ export function createBlobSource(o: BlobSourceOptions) {
       return null;
     }
     progress.emit('verify', ref.digest, 0, ref.size);
+    if (handle && asHandle && options.downloadsAsHandles === false && hasher?.read) {
+      // A load that fits in memory: the record is read once, by the hasher, and verified before the
+      // engine sees a byte of it; the engine copies bytes in hand faster than it reads a Blob
+      // (test/bench/browser-load.ts, docs/architecture.md "Browser loading").
+      const got = await hasher.read(handle).catch((e: unknown) => {
+        warn(`blob ${ref.digest}: ${store.kind} read failed (${errorText(e)}); fetching it`);
+        return null;
+      });
+      if (!got) return null;
+      if (got.digest !== ref.digest) {
+        await corrupt();
+        return null;
+      }
+      await memory.put(ref.digest, got.bytes);
+      progress.blobDone(ref, 'store');
+      return { data: got.bytes, verified: VERIFIED };
+    }
     const found = bytes;
     // A store that verifies its own reads (DiskStore's stamp check) is not hashed twice.
     // Deferred, the hash waits for the call's other reads and for the caller's next step to start:
@@ -345,7 +368,8 @@ export function createBlobSource(o: BlobSourceOptions) {
     let allRead!: () => void;
     const hashAfter = new Promise<void>((resolve) => (allRead = () => void setTimeout(resolve, 0)));
     const handleBytes = refs.filter((ref) => options.asHandle?.(ref)).reduce((n, ref) => n + ref.size, 0);
-    const get: GetOptions = { ...options, hashAfter: options.hashAfter ?? hashAfter, downloadsAsHandles: options.downloadsAsHandles ?? handleBytes > memory.budgetBytes };
+    const inMemory = o.inMemoryLoadBytes ?? memory.budgetBytes;
+    const get: GetOptions = { ...options, hashAfter: options.hashAfter ?? hashAfter, downloadsAsHandles: options.downloadsAsHandles ?? handleBytes > inMemory };
     try {
       await Promise.all(
         // Not under `limit`: memory and store reads all start at once (getBlob limits downloads).

@@ -57,6 +57,13 @@ export interface LoaderRuntime {
    * set one: sessions hold their own weights, and what is dropped is read from the store again.
    */
   memoryBudgetBytes?: number;
+  /**
+   * For an engine that reads external data from Blobs: the most weight bytes a load takes in memory
+   * (default memoryBudgetBytes). Up to it, downloads come as bytes and stored records are read and
+   * verified by the hasher and handed to the engine as bytes; past it, downloads go to files and
+   * stored records are handed over as they are, so the load never holds its weights whole.
+   */
+  inMemoryLoadBytes?: number;
   /** Default console.warn. */
   warn?: (message: string) => void;
   /** Hashing off the loader's thread (the browser's Web Workers, web/worker-hasher.ts); default WebCrypto inline. */
@@ -123,6 +130,7 @@ export function createLoader(runtime: LoaderRuntime): Loader {
     deferStoreWrites: !!runtime.deferStoreWrites,
     concurrency: runtime.concurrency ?? 4,
     memoryBudgetBytes: runtime.memoryBudgetBytes,
+    inMemoryLoadBytes: runtime.inMemoryLoadBytes,
     warn,
     hasher: runtime.hasher,
   });

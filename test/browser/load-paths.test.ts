@@ -1,11 +1,13 @@
 /**
  * The browser's byte paths in real Chromium (docs/architecture.md, "Browser loading"): blobs are
- * stored as Blob records (the older Uint8Array records still read); stored weight shards are
- * hashed while their session is built from them, and a tampered one is still caught before any
- * output — that session is released, the shard fetched again, and the output is the untampered
- * one; a graph is hashed before the engine parses it; onnxruntime-web's JSPI build (the default
- * where Chromium has JSPI) is handed the shards as Blobs — downloads written to OPFS files that
- * become their records, stored records as they are — never as bytes in JavaScript.
+ * stored as Blob records (the older Uint8Array records still read). Weights that fit in memory
+ * (`inMemoryLoadBytes`) are downloaded as bytes, and read from IndexedDB by the hashing workers,
+ * verified, and handed to onnxruntime-web as bytes. Past it, onnxruntime-web's JSPI build (the
+ * default where Chromium has JSPI) is handed the shards as Blobs — downloads written to OPFS files
+ * that become their records, stored records as they are — never as bytes in JavaScript, and stored
+ * shards are hashed while their session is built from them. Either way a tampered one is caught
+ * before any output (beside the session: that session is released, the shard fetched again, and
+ * the output is the untampered one); a graph is hashed before the engine parses it.
  */
 import { rm } from 'node:fs/promises';
 import type { Browser, Page } from 'playwright-core';
@@ -69,22 +71,28 @@ describe('browser load paths', () => {
     await page.context().close();
   });
 
-  test("onnxruntime-web's JSPI build is given stored shards as Blobs, and downloads as files on disk that become their records when they do not fit memory; the asyncify build bytes", async () => {
+  test("onnxruntime-web's JSPI build is given bytes when the weights fit in memory, and when they do not, stored shards as Blobs and downloads as files on disk that become their records; the asyncify build bytes", async () => {
     const shards = artifact.manifest.shards.map((s) => s.digest.slice('sha256:'.length)).sort();
-    // Weights that fit the memory tier are downloaded as bytes (kept there for the next load).
+    // Weights that fit in memory are downloaded as bytes (kept in the memory tier for the next load)…
     const fits = await openPage();
     const inMemoryTier = await load(fits);
     expect(inMemoryTier.engine!.build).toBe('jspi');
     expect(inMemoryTier.engine!.externalData).toEqual([shards.map(() => 'Uint8Array')]);
     expect(inMemoryTier.engine!.stallSafeStreams).toBe(0);
     expect(await fits.evaluate(() => window.harness.diskFiles())).toEqual([]);
+    // …and read from IndexedDB as bytes too, by the hashing workers, verified before ORT sees them.
+    const readAsBytes = await load(fits);
+    expect(Object.values(readAsBytes.info.sources)).toEqual(artifact.blobs.map(() => 'store'));
+    expect(readAsBytes.engine!.externalData).toEqual([shards.map(() => 'Uint8Array')]);
+    expect(readAsBytes.engine!.stallSafeStreams).toBe(0);
+    expect(readAsBytes.output).toEqual(inMemoryTier.output);
     await fits.context().close();
 
     const page = await openPage();
     // A file a load that died left behind (no record, no lock) is removed by the next download.
     const stranded = 'ab'.repeat(32);
     await page.evaluate((n) => window.harness.strandDiskFile(n), stranded);
-    const large = { memoryBudgetBytes: 1024 };
+    const large = { memoryBudgetBytes: 1024, inMemoryLoadBytes: 1024 };
     const cold = await load(page, large);
     expect(cold.output).toEqual(inMemoryTier.output);
     expect(cold.engine!.build).toBe('jspi');
@@ -97,10 +105,10 @@ describe('browser load paths', () => {
     const digests = artifact.blobs.map((b) => b.digest);
     expect(await page.evaluate((d) => window.harness.recordKinds(d), digests)).toEqual(digests.map(() => 'Blob'));
     origin.reset();
-    const warm = await load(page);
+    const warm = await load(page, large);
     expect(Object.values(warm.info.sources)).toEqual(artifact.blobs.map(() => 'store'));
     expect(origin.gets()).toBe(1); // the tag only
-    // Stored shards are handed over as their records, whatever their size.
+    // Stored shards of weights that do not fit in memory are handed over as their records.
     expect(warm.engine!.externalData).toEqual([shards.map(() => 'Blob')]);
     expect(warm.engine!.stallSafeStreams).toBeGreaterThanOrEqual(shards.length);
     expect(warm.output).toEqual(cold.output);
@@ -131,33 +139,47 @@ describe('browser load paths', () => {
     await page.context().close();
   });
 
+  // Weights past inMemoryLoadBytes are handed to ORT as their records and hashed beside the session;
+  // weights that fit are read and hashed by the workers first, and ORT is given the verified bytes.
+  const paths = { 'while its session is built': { inMemoryLoadBytes: 0 }, 'before its session, read as bytes': {} };
   for (const layout of ['Blob', 'Uint8Array'] as const) {
-    test(`a tampered stored shard (${layout} record) is caught while its session is built, before any output`, async () => {
-      const page = await openPage();
-      const clean = await load(page);
-      const victim = artifact.manifest.shards[1].digest;
-      await page.evaluate(([d, asBytes]) => window.harness.tamper(d, asBytes), [victim, layout === 'Uint8Array'] as const);
-      origin.reset();
+    for (const [when, options] of Object.entries(paths)) {
+      test(`a tampered stored shard (${layout} record) is caught ${when}, before any output`, async () => {
+        const page = await openPage();
+        const clean = await load(page, options);
+        const victim = artifact.manifest.shards[1].digest;
+        await page.evaluate(([d, asBytes]) => window.harness.tamper(d, asBytes), [victim, layout === 'Uint8Array'] as const);
+        origin.reset();
 
-      const r = await load(page);
-      // Verified beside the session: a session was built from the tampered bytes, then released, and a second built.
-      const attempts = sessionAttempts(r);
-      expect(attempts.map((e) => e.file)).toEqual([artifact.manifest.graph.digest, artifact.manifest.graph.digest]);
-      const refetch = r.events.findIndex((e) => e.phase === 'download' && e.file === victim);
-      expect(refetch).toBeGreaterThan(r.events.indexOf(attempts[0]));
-      expect(r.warnings.join('\n')).toMatch(new RegExp(`${victim} in indexeddb is corrupt`));
-      // What came out is the untampered model's, and the load says where every blob came from.
-      expect(r.output).toEqual(clean.output);
-      expect(r.info.sources[victim]).toBe('network');
-      for (const b of artifact.blobs) if (b.digest !== victim) expect(r.info.sources[b.digest]).toBe('store');
-      expect(origin.gets(artifact.blobPath(victim))).toBe(1);
-      expect(r.info.bytesFetched).toBe(artifact.manifest.shards[1].size);
-      // The shard was stored again, intact: the next load reads it from IndexedDB.
-      const again = await load(page);
-      expect(again.info.sources[victim]).toBe('store');
-      expect(again.warnings).toEqual([]);
-      await page.context().close();
-    });
+        const r = await load(page, options);
+        const attempts = sessionAttempts(r);
+        const refetch = r.events.findIndex((e) => e.phase === 'download' && e.file === victim);
+        if ('inMemoryLoadBytes' in options) {
+          // Verified beside the session: a session was built from the tampered bytes, then released, and a second built.
+          expect(attempts.map((e) => e.file)).toEqual([artifact.manifest.graph.digest, artifact.manifest.graph.digest]);
+          expect(refetch).toBeGreaterThan(r.events.indexOf(attempts[0]));
+          expect(r.engine!.externalData[0]).toEqual(artifact.manifest.shards.map(() => 'Blob'));
+        } else {
+          // Verified before: the shard was fetched again before the one session ORT was asked for.
+          expect(attempts.map((e) => e.file)).toEqual([artifact.manifest.graph.digest]);
+          expect(refetch).toBeGreaterThanOrEqual(0);
+          expect(refetch).toBeLessThan(r.events.indexOf(attempts[0]));
+          expect(r.engine!.externalData).toEqual([artifact.manifest.shards.map(() => 'Uint8Array')]);
+        }
+        expect(r.warnings.join('\n')).toMatch(new RegExp(`${victim} in indexeddb is corrupt`));
+        // What came out is the untampered model's, and the load says where every blob came from.
+        expect(r.output).toEqual(clean.output);
+        expect(r.info.sources[victim]).toBe('network');
+        for (const b of artifact.blobs) if (b.digest !== victim) expect(r.info.sources[b.digest]).toBe('store');
+        expect(origin.gets(artifact.blobPath(victim))).toBe(1);
+        expect(r.info.bytesFetched).toBe(artifact.manifest.shards[1].size);
+        // The shard was stored again, intact: the next load reads it from IndexedDB.
+        const again = await load(page, options);
+        expect(again.info.sources[victim]).toBe('store');
+        expect(again.warnings).toEqual([]);
+        await page.context().close();
+      });
+    }
   }
 
   test('a tampered graph is caught before the engine parses it: one session, from the refetched graph', async () => {

@@ -227,13 +227,13 @@ describe('browser runtime in Chromium', () => {
     expect(maxAbsDiff(result.output.data, reference)).toBeLessThan(1e-4);
   });
 
-  for (const tier of ['fits the memory tier', 'downloaded into files on disk'] as const) {
+  for (const tier of ['fits in memory', 'downloaded into files on disk'] as const) {
     test(`an aborted load stops cleanly and leaves no partial record (${tier})`, async () => {
       const shard = biggestShard();
       origin.reset();
       origin.stallAfter(artifact.blobPath(shard.digest), 1000);
       const page = await openPage();
-      const onDisk = tier === 'downloaded into files on disk' ? { memoryBudgetBytes: 1024 } : {};
+      const onDisk = tier === 'downloaded into files on disk' ? { memoryBudgetBytes: 1024, inMemoryLoadBytes: 1024 } : {};
       const result = await load(page, { device: 'wasm', abortWhen: { file: shard.digest, loaded: 1000 }, ...onDisk });
       expect(result.ok).toBe(false);
       expect(result.error?.code).toBe('aborted');
@@ -272,8 +272,8 @@ describe('browser runtime in Chromium', () => {
   test('a byte budget evicts least recently used blobs and the load still succeeds', async () => {
     const page = await openPage();
     const budget = Math.floor(artifact.bytes / 2);
-    // A small memory tier: the shards are downloaded into files on disk that become their records.
-    const result = await load(page, { device: 'wasm', budgetBytes: budget, memoryBudgetBytes: 1024 });
+    // Weights past inMemoryLoadBytes: the shards are downloaded into files on disk that become their records.
+    const result = await load(page, { device: 'wasm', budgetBytes: budget, memoryBudgetBytes: 1024, inMemoryLoadBytes: 1024 });
     expectLoaded(result);
     const cache = await page.evaluate(() => window.harness.cacheInfo());
     expect(cache.bytes).toBeLessThanOrEqual(budget);
@@ -288,7 +288,7 @@ describe('browser runtime in Chromium', () => {
 
     // A warm load under the same budget fetches only what was evicted.
     origin.reset();
-    const warm = await load(page, { device: 'wasm', budgetBytes: budget, memoryBudgetBytes: 1024 });
+    const warm = await load(page, { device: 'wasm', budgetBytes: budget, memoryBudgetBytes: 1024, inMemoryLoadBytes: 1024 });
     expectLoaded(warm);
     const stored = new Set(cache.blobs.map((b) => b.digest));
     for (const blob of artifact.blobs) {

@@ -79,12 +79,12 @@ describe('createWorkerLoader in Chromium', () => {
     await page.context().close();
   });
 
-  test('a cold load in the worker that does not fit its memory tier writes the shards to files on disk (sync access handles) and gives the same output', async () => {
+  test('a cold load in the worker whose weights do not fit in memory writes the shards to files on disk (sync access handles) and gives the same output', async () => {
     const page = await openPage();
     const direct = await onPage(page, { origin: sampleOrigin.url, model: sample.name, tag: sample.tag, device: 'wasm', run: RUN });
     expect(direct.ok).toBe(true);
     await page.evaluate(() => window.harness.clearCache());
-    const r = await inWorker(page, { origin: sampleOrigin.url, model: sample.name, tag: sample.tag, device: 'wasm', run: RUN, loader: { memoryBudgetBytes: 1024 } });
+    const r = await inWorker(page, { origin: sampleOrigin.url, model: sample.name, tag: sample.tag, device: 'wasm', run: RUN, loader: { memoryBudgetBytes: 1024, inMemoryLoadBytes: 1024 } });
     expectOk(r);
     expect(Object.values(r.info!.sources)).toEqual(sample.blobs.map(() => 'network'));
     expect(r.output).toEqual(direct.output);
@@ -92,7 +92,7 @@ describe('createWorkerLoader in Chromium', () => {
     const shards = sample.manifest.shards.map((s) => s.digest.slice('sha256:'.length)).sort();
     expect(await page.evaluate(() => window.harness.diskFiles())).toEqual([...new Set(shards)]);
     // And a warm load in the worker reads them back.
-    const warm = await inWorker(page, { origin: sampleOrigin.url, model: sample.name, tag: sample.tag, device: 'wasm', run: RUN, loader: { memoryBudgetBytes: 1024 } });
+    const warm = await inWorker(page, { origin: sampleOrigin.url, model: sample.name, tag: sample.tag, device: 'wasm', run: RUN, loader: { memoryBudgetBytes: 1024, inMemoryLoadBytes: 1024 } });
     expectOk(warm);
     expect(Object.values(warm.info!.sources)).toEqual(sample.blobs.map(() => 'store'));
     expect(warm.output).toEqual(direct.output);

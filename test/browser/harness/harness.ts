@@ -45,6 +45,8 @@ export interface HarnessLoad {
   filesOnDisk?: boolean;
   /** The loader's memory tier (BrowserLoaderOptions.memoryBudgetBytes): weights that do not fit it are downloaded as Blobs. */
   memoryBudgetBytes?: number;
+  /** BrowserLoaderOptions.inMemoryLoadBytes: weights past it are downloaded into files and handed over as Blobs. */
+  inMemoryLoadBytes?: number;
   /** Run the sample model on these feeds and return the output. */
   run?: { seed: number; width: number; height: number };
   /** Load-time LoRA overlays. */
@@ -157,7 +159,7 @@ function loaderFor(options: HarnessLoad): Loader {
   if (options.memoryStore) {
     return createLoader({ engine: createOrtEngine(), store: new MemoryStore(), concurrency: options.concurrency, warn, overlayOrtMinElements: options.overlayOrtMinElements });
   }
-  const make = () => createBrowserLoader({ budgetBytes: options.budgetBytes, concurrency: options.concurrency, hashInWorkers: options.hashInWorkers, filesOnDisk: options.filesOnDisk, memoryBudgetBytes: options.memoryBudgetBytes, warn, engine: recordingEngine(options.ortBuild) });
+  const make = () => createBrowserLoader({ budgetBytes: options.budgetBytes, concurrency: options.concurrency, hashInWorkers: options.hashInWorkers, filesOnDisk: options.filesOnDisk, memoryBudgetBytes: options.memoryBudgetBytes, inMemoryLoadBytes: options.inMemoryLoadBytes, warn, engine: recordingEngine(options.ortBuild) });
   if (!options.reuse) return make();
   shared ??= make();
   return shared;
