@@ -5,33 +5,40 @@
  * baselines measured in that round beside it (their order alternates between rounds); the
  * median and the spread over the rounds are printed. `BENCH_RUNS` rounds (default 7).
  *
- *   cold_ratio            = cold loadPipeline until its blobs are fetched and handed to the engine (weight shards'
- *                           hashes finish behind, before it resolves), IndexedDB writes going on behind it
- *                           / bare fetch of the same bytes (target ≤ 1.0)
- *   warm_ratio            = warm loadPipeline, blobs read from IndexedDB and handed to the engine
- *                           / a raw IndexedDB read of the same records (target ≤ 1.15)
- *   warm_cache_api_ratio  = the same warm load / the Cache API read transformers.js and WebLLM do:
- *                           `match` + `arrayBuffer` of the same bytes in the same page (target ≤ 1.0)
+ *   cold_ratio            = cold loadPipeline until its blobs are fetched, verified and handed to the engine,
+ *                           IndexedDB writes going on behind it / bare fetch of the same bytes (target ≤ 1.0)
+ *   cold_link_ratio       = the same, both from an origin that sends at most `BENCH_GBIT` Gbit/s (default 1)
+ *                           over all its responses: a network link (target ≤ 1.0). On loopback the bare fetch
+ *                           alone keeps about 1.6 of this machine's 2 cores busy (the origin, Chromium's network
+ *                           service and renderer), and Chromium's SHA-256 (WebCrypto, ~700 MB/s here, run on the
+ *                           calling thread) needs another half of its wall time in CPU, so `cold_ratio` measures
+ *                           the cores; over a link the CPU waits on the network
+ *   warm_ratio            = warm loadPipeline until the stored shards are read, verified and handed to the engine
+ *                           / a raw IndexedDB read of the same records, nothing verified (target ≤ 1.15)
+ *   warm_cache_api_ratio  = the same / the Cache API read transformers.js and WebLLM do: `match` + `arrayBuffer`
+ *                           of the same bytes in the same page (target ≤ 1.0)
  *   warm_usable_cache_api_ratio = warm loadPipeline resolved (every digest verified, the WASM session built)
- *                                 / the peer's whole path: Cache API read + the same session, nothing verified
- *                                 (target ≤ 1.0). onnxruntime-web's JSPI build takes the stored shards as
- *                                 Blob handles and reads them itself while it builds the session, so the two
- *                                 above end when the handles are handed over; this one is the like-for-like.
+ *                           / the peer's whole path: that Cache API read + the same session (target ≤ 1.0)
+ *
+ * These 280 MiB fit in memory (web/browser-loader.ts, `inMemoryLoadBytes`: an eighth of the device's
+ * memory), so the load works as the peers do: downloads come as bytes, hashed as they stream, and
+ * stored shards are read once, by the hashing workers, verified, and handed to onnxruntime-web as
+ * bytes. A load past it (an SD-sized pipeline, test/bench/browser-large.ts) writes downloads into
+ * files on disk and hands the engine Blob handles, which its JSPI build reads while it builds the
+ * session; the `*_on_disk` columns measure that path on the same bytes.
  *
  * Reported beside them:
- *   warm_arraybuffer_idb_ratio  = the warm load / a raw read of the same bytes as Uint8Array records (the older layout)
- *   warm_usable_floor_ratio     = warm loadPipeline resolved / the least a verifying warm load does, with no loader:
- *                                 the same session from the stored records while hashing workers of the loader's
- *                                 kind hash them (harness `verifiedSession`). What the loader adds over its own
- *                                 work; on 2 cores that work is CPU-bound (the session's reads and ~275 ms of
- *                                 SHA-256 for 280 MiB share them), which is what `warm_usable_cache_api` misses by
+ *   warm_usable_idb_ratio       = warm loadPipeline resolved / the raw IndexedDB read + the same session (harness
+ *                                 `idbSession`). On 2 cores SHA-256 alone (~700 MB/s a core) costs 280 MiB about as
+ *                                 long as that whole path takes, which is also what `warm_ratio` misses by
+ *   warm_arraybuffer_idb_ratio  = the warm load's bytes / a raw read of the same bytes as Uint8Array records (the older layout)
+ *   warm_usable_floor_ratio     = warm loadPipeline resolved / a session from the stored records as Blobs while
+ *                                 hashing workers of the loader's kind hash them, no loader (harness `verifiedSession`)
+ *   warm_usable_on_disk_cache_api_ratio = warm_usable_cache_api for the path past inMemoryLoadBytes (Blob handles,
+ *                                 hashed beside the session)
  *   cold_memorystore_ratio      = the cold load with a MemoryStore / bare fetch: the loader without IndexedDB writes
- *   cold_link_ratio             = the cold load / the bare fetch, both from an origin that sends at most `BENCH_GBIT`
- *                                 Gbit/s (default 1) over all its responses: a network link. On loopback the bare
- *                                 fetch alone keeps about 1.6 of this machine's 2 cores busy (the origin, Chromium's
- *                                 network service and renderer), and Chromium's SHA-256 (WebCrypto, ~750 MB/s here,
- *                                 run on the calling thread) needs another half of its wall time in CPU, so
- *                                 `cold_ratio` measures the cores; over a link the CPU waits on the network
+ *   cold_on_disk_ratio          = cold_ratio for the path past inMemoryLoadBytes: downloads into OPFS files, their
+ *                                 hashes finishing behind the hand-over
  *   cold_usable_ratio           = cold loadPipeline resolved (every digest verified, the WASM session built) / bare fetch
  *   cold_link_usable_ratio      = the same over the link / the link's bare fetch: the whole wait a user has
  *   cold_link_usable_peer_ratio = the same / the peer's whole cold path over the link: fetch every body whole, then the
@@ -39,14 +46,6 @@
  *   cold_link_worker_usable_ratio      = cold_link_usable with the loader in its Web Worker (createWorkerLoader, the
  *                                        demo's default), one worker kept across the run as a page keeps it
  *   warm_usable_worker_cache_api_ratio = warm_usable_cache_api with the loader in its Web Worker, the same way
- *   cold_in_memory_ratio        = the cold load with a memory tier the weights fit (512 MiB) / bare fetch: shards
- *                                 downloaded as bytes, hashed as they stream; the default tier (256 MiB) does not
- *                                 hold these 280 MiB, so `cold_ratio`'s load writes them to files on disk instead
- *                                 (common/loader/blobs.ts, `downloadsAsHandles`)
- *
- * Stored bytes are hashed while the session is built from them and loadPipeline resolves only once
- * all are verified (common/loader/blobs.ts, verifyLater), so the warm load's byte part ends when
- * the bytes reach the engine; `warm_usable_*` shows the whole wait a user has.
  */
 import { mkdtemp, readFile, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -134,14 +133,13 @@ async function main() {
     const digests = blobs.map((b) => b.digest);
     const load = (options: Partial<HarnessLoad> = {}) =>
       page.evaluate((o) => window.harness.load(o), { origin: origin.url, model: 'big', tag: 'latest', device: 'wasm' as const, keepEvents: false, ...options }) as Promise<HarnessResult>;
-    // The demo's path: the loader in its Web Worker, one kept for the whole run as a page keeps it.
+    // The demo's path: the loader in its Web Worker, one kept for the whole run as a page keeps it,
+    // with no memory tier (as each of the page's loads here makes a loader of its own).
     const inWorker = (options: Partial<WorkerHarnessLoad> = {}) =>
-      page.evaluate((o) => window.workerHarness.load(o), { origin: origin.url, model: 'big', tag: 'latest', device: 'wasm' as const, reuse: true, ...options }) as Promise<WorkerHarnessResult>;
-    const check = <R extends HarnessResult | WorkerHarnessResult>(r: R, want: 'network' | 'store' | null, kept = false): R => {
+      page.evaluate((o) => window.workerHarness.load(o), { origin: origin.url, model: 'big', tag: 'latest', device: 'wasm' as const, reuse: true, loader: { memoryBudgetBytes: 0 }, ...options }) as Promise<WorkerHarnessResult>;
+    const check = <R extends HarnessResult | WorkerHarnessResult>(r: R, want: 'network' | 'store' | null): R => {
       if (!r.ok) throw new Error(`load failed: ${r.error?.message}`);
-      // A kept worker's memory tier holds the small graph between its loads (`kept`); the weights must come from `want`.
-      const sources = Object.entries(r.info!.sources).filter(([digest]) => !kept || digest !== manifest.graph.digest);
-      if (want && sources.some(([, s]) => s !== want)) throw new Error(`a ${want === 'network' ? 'cold' : 'warm'} load took blobs from elsewhere: ${JSON.stringify(r.info!.sources)}`);
+      if (want && Object.values(r.info!.sources).some((s) => s !== want)) throw new Error(`a ${want === 'network' ? 'cold' : 'warm'} load took blobs from elsewhere: ${JSON.stringify(r.info!.sources)}`);
       return r;
     };
     const settle = () => new Promise((r) => setTimeout(r, 500));
@@ -158,10 +156,10 @@ async function main() {
     const rows: Record<string, number>[] = [];
     for (let round = 0; round < RUNS; round++) {
       const r: Record<string, number> = {};
-      // The cold load of weights that fit the memory tier (downloaded as bytes), on an empty store.
+      // The cold load past inMemoryLoadBytes (an SD-sized pipeline's path: files on disk), on an empty store.
       await page.evaluate(() => window.harness.clearCache());
       await settle();
-      r.coldInMemory = check(await load({ memoryBudgetBytes: 512 * MiB }), 'network').blobsReadyMs!;
+      r.coldOnDisk = check(await load({ inMemoryLoadBytes: 0 }), 'network').blobsReadyMs!;
       // Cold: an empty store, then the bare fetch and the cold load beside each other.
       await page.evaluate(() => window.harness.clearCache());
       await settle();
@@ -175,11 +173,10 @@ async function main() {
       r.coldStored = cold.storedMs!;
       const memoryOnly = check(await load({ memoryStore: true }), 'network');
       r.coldMemory = memoryOnly.blobsReadyMs!;
-      // Over the link: the demo's worker loader (first: its memory tier keeps the graph, which it then
-      // does not store again), then the page's loader beside the bare fetch and the peer.
+      // Over the link: the demo's worker loader, then the page's beside the bare fetch and the peer.
       await page.evaluate(() => window.harness.clearCache());
       await settle();
-      r.linkWorkerUsable = check(await inWorker({ origin: link.url }), 'network', true).loadMs!;
+      r.linkWorkerUsable = check(await inWorker({ origin: link.url }), 'network').loadMs!;
       await page.evaluate(() => window.harness.clearCache());
       await settle();
       let linkCold!: HarnessResult;
@@ -200,15 +197,17 @@ async function main() {
         async () => void (r.cache = await page.evaluate((u) => window.harness.bench.cacheApiRead(u), urls)),
         async () => void (r.idbArrayBuffer = await page.evaluate((u) => window.harness.bench.idbArrayBufferRead(u), urls)),
         async () => void (r.cacheSession = await page.evaluate((u) => window.harness.bench.cacheApiSession(u), urls)),
+        async () => void (r.idbSession = await page.evaluate((d) => window.harness.bench.idbSession(d), digests)),
         async () => void (r.verifiedSession = await page.evaluate((d) => window.harness.bench.verifiedSession(d), digests)),
-        async () => void (r.warmWorkerUsable = check(await inWorker(), 'store', true).loadMs!),
+        async () => void (r.warmWorkerUsable = check(await inWorker(), 'store').loadMs!),
+        async () => void (r.warmOnDiskUsable = check(await load({ inMemoryLoadBytes: 0 }), 'store').ms),
       ]);
       r.warm = warm.blobsReadyMs!;
       r.warmUsable = warm.ms;
       rows.push(r);
       console.log(
-        `round ${round + 1}: fetch ${fmt(r.fetch)} cold ${fmt(r.cold)} (stored ${fmt(r.coldStored)}) memory-store ${fmt(r.coldMemory)} in-memory ${fmt(r.coldInMemory)} link: fetch ${fmt(r.linkFetch)} cold ${fmt(r.linkCold)} usable ${fmt(r.linkColdUsable)} peer+session ${fmt(r.linkPeer)} | ` +
-          `idb ${fmt(r.idb)} cache ${fmt(r.cache)} idb-uint8 ${fmt(r.idbArrayBuffer)} warm ${fmt(r.warm)} usable ${fmt(r.warmUsable)} peer+session ${fmt(r.cacheSession)} session+hashes ${fmt(r.verifiedSession)} | ` +
+        `round ${round + 1}: fetch ${fmt(r.fetch)} cold ${fmt(r.cold)} (stored ${fmt(r.coldStored)}) memory-store ${fmt(r.coldMemory)} on-disk ${fmt(r.coldOnDisk)} link: fetch ${fmt(r.linkFetch)} cold ${fmt(r.linkCold)} usable ${fmt(r.linkColdUsable)} peer+session ${fmt(r.linkPeer)} | ` +
+          `idb ${fmt(r.idb)} idb+session ${fmt(r.idbSession)} cache ${fmt(r.cache)} idb-uint8 ${fmt(r.idbArrayBuffer)} warm ${fmt(r.warm)} usable ${fmt(r.warmUsable)} on-disk usable ${fmt(r.warmOnDiskUsable)} peer+session ${fmt(r.cacheSession)} session+hashes ${fmt(r.verifiedSession)} | ` +
           `worker: link cold ${fmt(r.linkWorkerUsable)} warm ${fmt(r.warmWorkerUsable)}`,
       );
     }
@@ -216,14 +215,16 @@ async function main() {
     const ratio = (a: string, b: string) => rows.map((r) => r[a] / r[b]);
     const ratios = {
       cold_ratio: ratio('cold', 'fetch'),
+      cold_link_ratio: ratio('linkCold', 'linkFetch'),
+      warm_usable_idb_ratio: ratio('warmUsable', 'idbSession'),
+      warm_usable_cache_api_ratio: ratio('warmUsable', 'cacheSession'),
       warm_ratio: ratio('warm', 'idb'),
       warm_cache_api_ratio: ratio('warm', 'cache'),
-      warm_usable_cache_api_ratio: ratio('warmUsable', 'cacheSession'),
-      warm_usable_floor_ratio: ratio('warmUsable', 'verifiedSession'),
       warm_arraybuffer_idb_ratio: ratio('warm', 'idbArrayBuffer'),
+      warm_usable_floor_ratio: ratio('warmUsable', 'verifiedSession'),
+      warm_usable_on_disk_cache_api_ratio: ratio('warmOnDiskUsable', 'cacheSession'),
       cold_memorystore_ratio: ratio('coldMemory', 'fetch'),
-      cold_in_memory_ratio: ratio('coldInMemory', 'fetch'),
-      cold_link_ratio: ratio('linkCold', 'linkFetch'),
+      cold_on_disk_ratio: ratio('coldOnDisk', 'fetch'),
       cold_usable_ratio: ratio('coldUsable', 'fetch'),
       cold_link_usable_ratio: ratio('linkColdUsable', 'linkFetch'),
       cold_link_usable_peer_ratio: ratio('linkColdUsable', 'linkPeer'),
@@ -233,12 +234,12 @@ async function main() {
     console.log(`bare fetch            ${fmt(median(col('fetch')))}  (${((bytes / MiB / median(col('fetch'))) * 1000).toFixed(0)} MiB/s)`);
     console.log(`cold loadPipeline     ${fmt(median(col('cold')))} blobs fetched and handed to the engine, ${fmt(median(col('coldStored')))} until stored in IndexedDB`);
     console.log(`cold, MemoryStore     ${fmt(median(col('coldMemory')))}`);
-    console.log(`cold, fits in memory  ${fmt(median(col('coldInMemory')))} (downloaded as bytes)`);
+    console.log(`cold, files on disk   ${fmt(median(col('coldOnDisk')))} (past inMemoryLoadBytes)`);
     console.log(`cold loadPipeline     ${fmt(median(col('coldUsable')))} resolved (verified, WASM session built)`);
     console.log(`over a ${GBIT} Gbit/s link: bare fetch ${fmt(median(col('linkFetch')))}, cold loadPipeline ${fmt(median(col('linkCold')))} (${fmt(median(col('linkColdUsable')))} resolved); the peer's fetch + session ${fmt(median(col('linkPeer')))}`);
-    console.log(`raw IndexedDB read    ${fmt(median(col('idb')))} (Blob records); ${fmt(median(col('idbArrayBuffer')))} as Uint8Array records`);
+    console.log(`raw IndexedDB read    ${fmt(median(col('idb')))} (Blob records); ${fmt(median(col('idbArrayBuffer')))} as Uint8Array records; with the WASM session ${fmt(median(col('idbSession')))}`);
     console.log(`Cache API read        ${fmt(median(col('cache')))}; with the WASM session ${fmt(median(col('cacheSession')))}`);
-    console.log(`warm loadPipeline     ${fmt(median(col('warm')))} bytes to the engine, ${fmt(median(col('warmUsable')))} resolved (verified, WASM session built)`);
+    console.log(`warm loadPipeline     ${fmt(median(col('warm')))} bytes to the engine, ${fmt(median(col('warmUsable')))} resolved (verified, WASM session built); past inMemoryLoadBytes ${fmt(median(col('warmOnDiskUsable')))} resolved`);
     console.log(`session + hashes      ${fmt(median(col('verifiedSession')))} (the same session from the stored records while workers hash them, no loader)`);
     console.log(`in the loader's Web Worker (the demo's path): cold over the link ${fmt(median(col('linkWorkerUsable')))} resolved, warm ${fmt(median(col('warmWorkerUsable')))} resolved`);
     for (const [k, v] of Object.entries(ratios)) console.log(`${k.padEnd(28)} ${spread(v)}  (median [min–max] of ${RUNS})`);

@@ -22,9 +22,9 @@ export const TARGETS: Record<string, number> = {
   'build.ratio': 1.5,
   'publish.ratio': 1.2,
   // Browser loads (test/bench/browser-load.ts), each against its baseline in the same round: cold / bare
-  // fetch (IndexedDB writes going on), warm / a raw IndexedDB read, warm / the Cache API read of transformers.js.
-  // Stored shards reach onnxruntime-web's JSPI build as Blob handles, which it reads while it builds the
-  // session, so the warm load is also held to the peer's whole path: Cache API read + the same session.
+  // fetch (IndexedDB writes going on), warm until the stored shards are read and verified / a raw IndexedDB
+  // read, / the Cache API read of transformers.js, and the whole warm load (session built) / the Cache API
+  // read + the same session.
   'browser.cold_ratio': 1.0,
   // The same over a 1 Gbit/s link (the origin's bodies paced): where the CPU waits on the network, not loopback's.
   'browser.cold_link_ratio': 1.0,

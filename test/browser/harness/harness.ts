@@ -334,6 +334,19 @@ const bench = {
     await Promise.all(values.map((v) => (v instanceof Blob ? v.arrayBuffer() : v)));
     return performance.now() - t;
   },
+  /**
+   * idbRead's path to a usable session: the same records read whole from the loader's database, then
+   * an onnxruntime-web session from those bytes, nothing verified. `digests[0]` is the graph; shard
+   * paths are their digests' hex, as the loader names them.
+   */
+  async idbSession(digests: string[]): Promise<number> {
+    const db = createStore('fuseload', 'blobs');
+    const t = performance.now();
+    const values = await getMany<Blob | Uint8Array>(digests.map((d) => `blob:${d}`), db);
+    if (values.some((v) => !v)) throw new Error('idbSession: a blob is missing');
+    const bodies = await Promise.all(values.map(async (v) => (v instanceof Blob ? new Uint8Array(await v.arrayBuffer()) : v!)));
+    return (await peerSession(digests.map((d) => `/${digestHex(d as Digest)}`), bodies)) - t;
+  },
   /** Writes the blobs into a database of their own as Uint8Array records (the layout before Blob records). */
   async idbArrayBufferFill(urls: string[]): Promise<void> {
     const db = createStore('fuseload-bench-arraybuffer', 'blobs');
