@@ -137,27 +137,28 @@ export function createWorkerHasher(options: HasherOptions = {}): OffThreadHasher
     return { id, job: j, digest };
   }
 
+  /** A Blob hashed in a worker (`read`: its bytes come back too); inline where the workers failed. */
+  function ofBlob<T>(op: 'blob' | 'read', blob: Blob, answer: (digest: Digest, bytes: Uint8Array<ArrayBuffer>) => T): Promise<T> {
+    const inline = async () => {
+      const bytes = new Uint8Array(await blob.arrayBuffer());
+      return answer(await sha256(bytes), bytes);
+    };
+    if (broken) return inline();
+    const { id, job: j, digest } = job();
+    j.slot.worker.postMessage({ op, id, blob } satisfies ToHasher);
+    // A Blob can be read again: a worker that died on it costs the check nothing.
+    return digest.then(
+      (d) => answer(d, j.bytes!),
+      (e: unknown) => (broken ? inline() : Promise.reject(e)),
+    );
+  }
+
   return {
-    async blob(blob: Blob): Promise<Digest> {
-      const inline = async () => sha256(new Uint8Array(await blob.arrayBuffer()));
-      if (broken) return inline();
-      const { id, job: j, digest } = job();
-      j.slot.worker.postMessage({ op: 'blob', id, blob } satisfies ToHasher);
-      // A Blob can be read again: a worker that died on it costs the check nothing.
-      return digest.catch((e: unknown) => (broken ? inline() : Promise.reject(e)));
+    blob(blob: Blob): Promise<Digest> {
+      return ofBlob('blob', blob, (digest) => digest);
     },
-    async read(blob: Blob): Promise<{ digest: Digest; bytes: Uint8Array<ArrayBuffer> }> {
-      const inline = async () => {
-        const bytes = new Uint8Array(await blob.arrayBuffer());
-        return { digest: await sha256(bytes), bytes };
-      };
-      if (broken) return inline();
-      const { id, job: j, digest } = job();
-      j.slot.worker.postMessage({ op: 'read', id, blob } satisfies ToHasher);
-      return digest.then(
-        (d) => ({ digest: d, bytes: j.bytes! }),
-        (e: unknown) => (broken ? inline() : Promise.reject(e)),
-      );
+    read(blob: Blob): Promise<{ digest: Digest; bytes: Uint8Array<ArrayBuffer> }> {
+      return ofBlob('read', blob, (digest, bytes) => ({ digest, bytes }));
     },
     stream(size: number): StreamHash | null {
       if (broken) return null;

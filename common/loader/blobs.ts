@@ -203,30 +203,28 @@ export function createBlobSource(o: BlobSourceOptions) {
       return null;
     }
     progress.emit('verify', ref.digest, 0, ref.size);
-    if (handle && asHandle && options.downloadsAsHandles === false && hasher?.read) {
-      // A load that fits in memory: the record is read once, by the hasher, and verified before the
-      // engine sees a byte of it; the engine copies bytes in hand faster than it reads a Blob
-      // (test/bench/browser-load.ts, docs/architecture.md "Browser loading").
-      const got = await hasher.read(handle).catch((e: unknown) => {
-        warn(`blob ${ref.digest}: ${store.kind} read failed (${errorText(e)}); fetching it`);
-        return null;
-      });
-      if (!got) return null;
-      if (got.digest !== ref.digest) {
-        await corrupt();
-        return null;
-      }
-      await memory.put(ref.digest, got.bytes);
-      progress.blobDone(ref, 'store');
-      return { data: got.bytes, verified: VERIFIED };
-    }
-    const found = bytes;
+    // A load that fits in memory: the record is read once, by the hasher, and verified before the
+    // engine sees a byte of it; the engine copies bytes in hand faster than it reads a Blob
+    // (test/bench/browser-load.ts, docs/architecture.md "Browser loading").
+    const read = handle && asHandle && options.downloadsAsHandles === false && !store.verifiesReads ? hasher?.read : undefined;
+    let found = bytes;
     // A store that verifies its own reads (DiskStore's stamp check) is not hashed twice.
     // Deferred, the hash waits for the call's other reads and for the caller's next step to start:
     // even off this thread it competes with them for the cores (on two, a warm load's reads took a
     // quarter longer when their hashes started beside them: test/bench/browser-load.ts).
-    const hash = async () => (handle && hasher ? hasher.blob(handle) : sha256(found ?? new Uint8Array(await handle!.arrayBuffer())));
-    const start = verifyLater ? (options.hashAfter ?? VERIFIED) : VERIFIED;
+    const hash = async () => {
+      if (read) {
+        const got = await read.call(hasher, handle!).catch((e: unknown) => {
+          warn(`blob ${ref.digest}: ${store.kind} read failed (${errorText(e)}); fetching it`);
+          throw e;
+        });
+        found = got.bytes;
+        return got.digest;
+      }
+      return handle && hasher ? hasher.blob(handle) : sha256(found ?? new Uint8Array(await handle!.arrayBuffer()));
+    };
+    const later = verifyLater && !read;
+    const start = later ? (options.hashAfter ?? VERIFIED) : VERIFIED;
     const hashed = store.verifiesReads ? Promise.resolve(true) : start.then(hash).then((d) => d === ref.digest);
     const verified = hashed.then(async (ok) => {
       if (!ok) {
@@ -237,7 +235,7 @@ export function createBlobSource(o: BlobSourceOptions) {
       if (found) await memory.put(ref.digest, found);
       progress.blobDone(ref, 'store');
     });
-    if (!verifyLater) return verified.then(() => ({ data, verified: VERIFIED }), () => null);
+    if (!later) return verified.then(() => ({ data: read ? found! : data, verified: VERIFIED }), () => null);
     verified.catch(() => {}); // the caller may stop listening (an aborted load); the record is dropped either way
     return { data, verified };
   }

@@ -309,6 +309,13 @@ async function peerSession(urls: string[], bodies: Uint8Array[]): Promise<number
   return built;
 }
 
+/** The records of `digests`, read straight from the loader's IndexedDB database as bytes (a Blob record read whole). */
+async function idbBodies(digests: string[]): Promise<Uint8Array[]> {
+  const values = await getMany<Blob | Uint8Array | undefined>(digests.map((d) => `blob:${d}`), createStore('fuseload', 'blobs'));
+  if (values.some((v) => !v)) throw new Error('IndexedDB read: a blob is missing');
+  return Promise.all(values.map(async (v) => (v instanceof Blob ? new Uint8Array(await v.arrayBuffer()) : v!)));
+}
+
 /** The names in an OPFS folder. */
 async function namesIn(folder: FileSystemDirectoryHandle): Promise<string[]> {
   const names: string[] = [];
@@ -327,11 +334,8 @@ const bench = {
   },
   /** The same records read straight from the loader's IndexedDB database, as bytes (a Blob record read whole). */
   async idbRead(digests: string[]): Promise<number> {
-    const db = createStore('fuseload', 'blobs');
     const t = performance.now();
-    const values = await getMany<Blob | Uint8Array>(digests.map((d) => `blob:${d}`), db);
-    if (values.some((v) => !v)) throw new Error('idbRead: a blob is missing');
-    await Promise.all(values.map((v) => (v instanceof Blob ? v.arrayBuffer() : v)));
+    await idbBodies(digests);
     return performance.now() - t;
   },
   /**
@@ -340,11 +344,8 @@ const bench = {
    * paths are their digests' hex, as the loader names them.
    */
   async idbSession(digests: string[]): Promise<number> {
-    const db = createStore('fuseload', 'blobs');
     const t = performance.now();
-    const values = await getMany<Blob | Uint8Array>(digests.map((d) => `blob:${d}`), db);
-    if (values.some((v) => !v)) throw new Error('idbSession: a blob is missing');
-    const bodies = await Promise.all(values.map(async (v) => (v instanceof Blob ? new Uint8Array(await v.arrayBuffer()) : v!)));
+    const bodies = await idbBodies(digests);
     return (await peerSession(digests.map((d) => `/${digestHex(d as Digest)}`), bodies)) - t;
   },
   /** Writes the blobs into a database of their own as Uint8Array records (the layout before Blob records). */
