@@ -128,6 +128,16 @@ export interface Pipeline {
    * were built by merging into shard copies (load it again with `loras` instead).
    */
   setLoras(loras: LoraOverlay[]): Promise<void>;
+  /**
+   * Resolves once every blob the sessions were built from has matched its digest. A load hands
+   * weight shards to the engine while their hashes are still running and resolves once the
+   * sessions are built (docs/architecture.md, "Verified beside the sessions"); `run`, `generate`,
+   * `setLoras` and every `sessions[role]` call wait for this first, so no unverified byte produces
+   * output. A shard that did not match is dropped from the cache and fetched again, and the
+   * sessions are rebuilt from it before this resolves (`info.sources` then says `network` for
+   * it); wrong a second time, this and every call reject with `digest-mismatch`.
+   */
+  verified(): Promise<void>;
   dispose(): Promise<void>;
 }
 

@@ -151,6 +151,10 @@ export function createWorkerLoader(options: WorkerLoaderOptions = {}): WorkerLoa
         alive('setLoras');
         info = await call('setLoras', { handle, loras });
       },
+      async verified() {
+        alive('verified');
+        info = await call('verified', { handle });
+      },
       async dispose() {
         if (disposed) return;
         disposed = true;

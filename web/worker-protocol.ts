@@ -42,6 +42,8 @@ export interface Calls {
   sessionRun: { args: { handle: number; role: Role; feeds: Feeds }; result: Feeds };
   generate: { args: { handle: number; options: Omit<GenerateOptions, 'onStep' | 'signal'>; steps: boolean }; result: GenerateResult };
   setLoras: { args: { handle: number; loras: LoraOverlay[] }; result: PipelineInfo };
+  /** Pipeline.verified(), and the info as it is then (a refetched shard changes its sources). */
+  verified: { args: { handle: number }; result: PipelineInfo };
   dispose: { args: { handle: number }; result: void };
   cacheInfo: { args: Record<string, never>; result: CacheInfo };
   clearCache: { args: Record<string, never>; result: void };

@@ -148,6 +148,11 @@ const handlers: { [K in Op]: Handler<K> } = {
     await p.setLoras(loras);
     return { value: p.info };
   },
+  async verified({ handle }) {
+    const p = pipeline(handle);
+    await p.verified();
+    return { value: p.info };
+  },
   async dispose({ handle }) {
     const p = pipelines.get(handle);
     pipelines.delete(handle);

@@ -7,7 +7,7 @@
  * A blob can be verified beside the caller's next step instead of before it (`verifyLater`): its
  * bytes go on as soon as they are in, with a `verified` promise, and the caller must not let
  * anything built from them produce output until it resolves (the loader builds sessions from
- * weight shards meanwhile and returns the pipeline only after it). Stored bytes are hashed once
+ * weight shards meanwhile, and the pipeline's runs wait for it: index.ts, `handle`). Stored bytes are hashed once
  * every blob of the call is read (the reads keep the cores to themselves), downloads as they
  * stream (where the runtime hashes off this thread, `hasher`) or once each is in; nothing is put in
  * memory or the store before its check. A mismatch drops what was stored and rejects with

@@ -108,6 +108,15 @@ interface CachedPipeline {
   model: string;
   view: PipelineManifest;
   assets: Map<string, Uint8Array>;
+  /**
+   * Settles once every weight shard handed to the engine unhashed has been checked (rejects with the
+   * first LateDigestMismatch): the load resolves before it, and every handle waits for `ready` first.
+   */
+  verified: Promise<void>;
+  /** `verified`, or after a mismatch the sessions rebuilt from a fresh fetch (buildVerified); rejects when that fails too. */
+  ready: Promise<void>;
+  /** Bumped when a mismatch rebuilt the sessions in place: a handle made before rebuilds its own state from the entry. */
+  generation: number;
 }
 
 /** Load-time overlays for a switchable handle: what they change (planned) and their files (for `info`). */
@@ -218,24 +227,65 @@ export function createLoader(runtime: LoaderRuntime): Loader {
   }
 
   /**
-   * `build`, and once more if a blob's bytes turned out wrong while its sessions were being built
-   * from them (those sessions are released and nothing of the blob was kept, so the second pass
-   * fetches it; wrong twice, the load fails with `digest-mismatch`).
+   * `build`, with its `ready`: when a shard's bytes turn out wrong after its sessions were built from
+   * them, those sessions are released before any run reaches them, and built once more in the same
+   * entry (nothing of the blob was kept, so the second pass fetches it); wrong twice, `ready` rejects
+   * with `digest-mismatch` and the entry is released. A mismatch that failed the build itself (an
+   * engine that choked on the bytes) builds again at once, as the load's own result.
    */
   async function buildVerified(...args: Parameters<typeof build>): Promise<CachedPipeline> {
+    let entry: CachedPipeline;
     try {
-      return await build(...args);
+      entry = await build(...args);
     } catch (e) {
       if (!(e instanceof LateDigestMismatch)) throw e;
-      const again = await build(...args);
-      // The good blobs were read on the first pass (and are in memory now): say where they came from.
-      const { sources, bytesFetched } = e.earlier ?? { sources: {}, bytesFetched: 0 };
-      for (const [digest, source] of Object.entries(sources) as [Digest, CacheSource][]) {
-        if (digest !== e.digest && again.info.sources[digest] === 'memory') again.info.sources[digest] = source;
-      }
-      again.info.bytesFetched += bytesFetched;
+      const again = await rebuild(e, args);
+      await again.verified.catch(async (wrong: unknown) => {
+        await dropBuilt(again);
+        throw wrong;
+      });
       return again;
     }
+    // Behind the load: it has resolved, so its signal no longer stops the second pass.
+    const behind = [...args.slice(0, 9), undefined] as Parameters<typeof build>;
+    entry.ready = entry.verified.catch(async (e: unknown) => {
+      if (!(e instanceof LateDigestMismatch)) throw e;
+      // Released meanwhile (its last handle disposed): nothing to build again for.
+      if (entry.released) throw e;
+      await dropBuilt(entry);
+      const again = await rebuild(e, behind);
+      await again.verified.catch(async (wrong: unknown) => {
+        await dropBuilt(again);
+        throw wrong;
+      });
+      if (entry.released) {
+        await dropBuilt(again);
+        throw e;
+      }
+      const { sessions, info, generator, switchable, baseWeights, assets } = again;
+      Object.assign(entry, { sessions, info, generator, switchable, baseWeights, assets, verified: again.verified, generation: entry.generation + 1 });
+    });
+    entry.ready.catch(() => releaseEntry(entry).catch(() => {}));
+    return entry;
+  }
+
+  /** Lets go of what an entry built (its sessions were built from bytes that did not match). */
+  async function dropBuilt(entry: CachedPipeline): Promise<void> {
+    entry.baseWeights.dispose();
+    const sessions = Object.values(entry.sessions);
+    entry.sessions = {};
+    for (const s of sessions) await s?.release().catch(() => {});
+  }
+
+  /** The second pass after `e`: the good blobs were read on the first (and are in memory now), so it says where they came from. */
+  async function rebuild(e: LateDigestMismatch, args: Parameters<typeof build>): Promise<CachedPipeline> {
+    const again = await build(...args);
+    const { sources, bytesFetched } = e.earlier ?? { sources: {}, bytesFetched: 0 };
+    for (const [digest, source] of Object.entries(sources) as [Digest, CacheSource][]) {
+      if (digest !== e.digest && again.info.sources[digest] === 'memory') again.info.sources[digest] = source;
+    }
+    again.info.bytesFetched += bytesFetched;
+    return again;
   }
 
   async function build(
@@ -267,7 +317,8 @@ export function createLoader(runtime: LoaderRuntime): Loader {
     const switchable = new Map<Role, SwitchableComponent>();
     const editFor = loras.length === 0 && switching() ? (role: Role, c: Component, graph: Uint8Array, provider: Provider) => editForSwitching(model, role, c, graph, provider, switchable) : null;
     const baseWeights = switcher.base((role, shard) => baseShard(origin, model, view, role, shard));
-    // Stored bytes are hashed while the sessions are built from them (blobs.ts, verifyLater); nothing leaves here before.
+    // Weight shards are hashed while the sessions are built from them (blobs.ts, verifyLater): the
+    // entry's `verified`, which every handle waits for before a run (buildVerified, handle).
     let mismatch: Promise<unknown> = Promise.resolve(null);
     // Handles (spooled downloads) are read until the sessions are built: then their files may go.
     let done!: () => void;
@@ -318,8 +369,10 @@ export function createLoader(runtime: LoaderRuntime): Loader {
         if (sw) await baseWeights.add(role, created.session, sw, (i) => shardBytes(got.blobs.get(c.shards[i].digest)) ?? baseShard(origin, model, view, role, i));
         dropWeights(got.blobs, pending, role);
       }
-      const corrupt = await mismatch;
-      if (corrupt) throw corrupt;
+      const verified = mismatch.then((e) => {
+        if (e) throw e;
+      });
+      verified.catch(() => {});
       const assets = new Map(Object.entries(view.assets).map(([path, ref]) => [path, bytesOf(got.blobs, ref.digest)]));
       const main = MAIN_ROLES.find((r) => infos[r]) ?? components[0][0];
       const info: PipelineInfo = {
@@ -336,7 +389,7 @@ export function createLoader(runtime: LoaderRuntime): Loader {
         ...imageSizeOf(view.kind, assets),
       };
       const generator = view.kind === 'text-to-image' ? createGenerator(model, sessions, assets, info.imageSize) : null;
-      return { sessions, info, generator, handles: 0, released: false, switchable, baseWeights, origin, model, view, assets };
+      return { sessions, info, generator, handles: 0, released: false, switchable, baseWeights, origin, model, view, assets, verified, ready: verified, generation: 0 };
     } catch (e) {
       baseWeights.dispose();
       for (const s of Object.values(sessions)) await s?.release().catch(() => {});
@@ -392,51 +445,123 @@ export function createLoader(runtime: LoaderRuntime): Loader {
   async function handle(entry: CachedPipeline, fromPipelineCache: boolean, overlays?: SwitchOverlays): Promise<Pipeline> {
     entry.handles++;
     let disposed = false;
-    let info: PipelineInfo = fromPipelineCache
-      ? {
-          ...entry.info,
-          fromPipelineCache: true,
-          bytesFetched: 0,
-          sources: Object.fromEntries(Object.keys(entry.info.sources).map((d) => [d, 'memory'])) as PipelineInfo['sources'],
-        }
-      : entry.info;
+    const entryInfo = (): PipelineInfo =>
+      fromPipelineCache
+        ? {
+            ...entry.info,
+            fromPipelineCache: true,
+            bytesFetched: 0,
+            sources: Object.fromEntries(Object.keys(entry.info.sources).map((d) => [d, 'memory'])) as PipelineInfo['sources'],
+          }
+        : entry.info;
+    let info = entryInfo();
     const alive = (what: string) => {
       if (disposed) throw new FuseloadError('bad-input', `pipeline ${entry.info.fingerprint}: ${what} after dispose`);
     };
-    let weights: LoraWeights | null = null;
+    let weights = null as LoraWeights | null;
     let sessions = entry.sessions;
     let generator = entry.generator;
-    if (entry.switchable.size) {
-      try {
-        weights = await switchWeights(entry);
-        info = await applySwitch(weights, info, overlays ?? { plan: { applied: [], terms: new Map() }, loras: [] });
-      } catch (e) {
-        await weights?.dispose();
-        entry.handles--;
-        throw e;
-      }
+    /** What this handle's weights carry now: applied again if the entry's sessions are rebuilt. */
+    let current: SwitchOverlays = overlays ?? { plan: { applied: [], terms: new Map() }, loras: [] };
+    /** The entry's generation this handle's state was derived from. */
+    let generation = entry.generation;
+    /** This handle's state from the entry as it is now (its sessions, and for switchable ones its own weights). */
+    const derive = async () => {
+      generation = entry.generation;
+      sessions = entry.sessions;
+      generator = entry.generator;
+      info = entryInfo();
+      if (!entry.switchable.size) return;
+      weights = await switchWeights(entry);
+      info = await applySwitch(weights, info, current);
       sessions = { ...entry.sessions, ...weights.sessions };
       generator = entry.view.kind === 'text-to-image' ? createGenerator(entry.model, sessions, entry.assets, entry.info.imageSize) : null;
+    };
+    const fail = async (e: unknown) => {
+      await weights?.dispose();
+      weights = null;
+      entry.handles--;
+      throw e;
+    };
+    try {
+      await derive();
+    } catch (e) {
+      // A mismatch found meanwhile released what this was deriving from: derive from the rebuilt entry.
+      const rebuilt = await entry.ready.then(() => entry.generation !== generation, (wrong: unknown) => fail(wrong));
+      if (!rebuilt) await fail(e);
+      await weights?.dispose();
+      await derive().catch(fail);
+    }
+    // Every call that can produce output waits for the entry's digests first; after a mismatch
+    // rebuilt the entry's sessions, this handle derives its state from them once.
+    let rederiving: Promise<void> | null = null;
+    const gate = async (what: string) => {
+      alive(what);
+      await entry.ready;
+      alive(what);
+      if (generation === entry.generation) return;
+      rederiving ??= (async () => {
+        await weights?.dispose();
+        weights = null;
+        generation = entry.generation;
+        await derive();
+      })().finally(() => (rederiving = null));
+      await rederiving;
+    };
+    // The sessions handed out: each call waits at the gate, then goes to the session as it is now.
+    const gated: Partial<Record<Role, EngineSession>> = {};
+    for (const role of Object.keys(sessions) as Role[]) {
+      const now = () => sessions[role] ?? entry.sessions[role]!;
+      const runDevice: EngineSession['runDevice'] = async (feeds, keep, read) => {
+        await gate(`sessions.${role}.runDevice`);
+        return now().runDevice!(feeds, keep, read);
+      };
+      gated[role] = {
+        get inputNames() {
+          return now().inputNames;
+        },
+        get outputNames() {
+          return now().outputNames;
+        },
+        get inputTypes() {
+          return now().inputTypes;
+        },
+        get inputDims() {
+          return now().inputDims;
+        },
+        get device() {
+          return now().device;
+        },
+        get runDevice() {
+          return now().runDevice ? runDevice : undefined;
+        },
+        async run(feeds: Feeds) {
+          await gate(`sessions.${role}.run`);
+          return now().run(feeds);
+        },
+        release: () => now().release(),
+      };
     }
     return {
       get info() {
         return info;
       },
-      sessions,
+      sessions: gated,
       async run(feeds: Feeds) {
-        alive('run');
+        await gate('run');
         const session = sessions.model;
         if (!session) throw new FuseloadError('bad-input', `${entry.info.manifest.name}: run() is for "graph" pipelines; this one is "${entry.info.kind}" (use generate(), or sessions[role].run())`);
         return session.run(feeds);
       },
       async generate(options) {
-        alive('generate');
+        await gate('generate');
         if (!generator) throw new FuseloadError('bad-input', `${entry.info.manifest.name}: generate() needs a text-to-image pipeline; this one is "${entry.info.kind}" (use run())`);
         return generator.generate(options);
       },
       async setLoras(loras: LoraOverlay[]) {
-        alive('setLoras');
-        if (!weights) {
+        await gate('setLoras');
+        const w = weights;
+        if (!w) {
           throw new FuseloadError('unsupported', `${entry.info.manifest.name}: this pipeline's sessions were built over LoRA-merged shard copies and cannot switch; load it again with these loras`);
         }
         // Checked before a weight changes: a refused switch leaves the handle as it was.
@@ -445,7 +570,11 @@ export function createLoader(runtime: LoaderRuntime): Loader {
           if (why) throw new FuseloadError('unsupported', `${why}; load the pipeline again with these loras (merged into shard copies)`);
           return o;
         });
-        info = await applySwitch(weights, { ...info, bytesFetched: 0 }, next);
+        info = await applySwitch(w, { ...info, bytesFetched: 0 }, next);
+        current = await next;
+      },
+      async verified() {
+        await gate('verified');
       },
       async dispose() {
         if (disposed) return;

@@ -5,10 +5,11 @@
  */
 import ort from 'onnxruntime-node';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
-import type { Digest } from '../../common/digest.ts';
+import { type Digest, sha256 } from '../../common/digest.ts';
 import { isFuseloadError } from '../../common/errors.ts';
+import type { OffThreadHasher } from '../../common/loader/blobs.ts';
 import { type Loader, type LoaderRuntime, createLoader } from '../../common/loader/index.ts';
-import type { Engine, LoadPipelineOptions, ProgressEvent, TensorLike } from '../../common/pipeline.ts';
+import type { Engine, LoadPipelineOptions, Pipeline, ProgressEvent, TensorLike } from '../../common/pipeline.ts';
 import { sampleFeeds } from '../../common/sample-input.ts';
 import { type BlobKind, MemoryStore } from '../../common/store.ts';
 import { type SampleArtifact, sampleArtifact } from '../support/artifact.ts';
@@ -55,6 +56,8 @@ function loader(overrides: Partial<LoaderRuntime> = {}) {
 const opts = (extra: Partial<LoadPipelineOptions> = {}): LoadPipelineOptions => ({ origin: origin.url, model: artifact.name, tag: artifact.tag, device: 'auto', ...extra });
 const blobGets = () => artifact.blobs.map((b) => origin.gets(artifact.blobPath(b.digest)));
 const feeds = sampleFeeds({ seed: 3, width: 16, height: 16 });
+/** A run's outputs, as plain arrays by name. */
+const runOnce = async (p: Pipeline) => Object.fromEntries(Object.entries(await p.run(feeds)).map(([name, t]) => [name, Array.from(t.data as Float32Array)]));
 
 describe('createLoader', () => {
   test('cold load: every blob from the network once, verified, stored; provider fallback recorded', async () => {
@@ -121,7 +124,7 @@ describe('createLoader', () => {
   test('a corrupt blob in the store is dropped and fetched again', async () => {
     const store = new MemoryStore();
     const first = loader({ store }).loader;
-    await first.loadPipeline(opts());
+    const clean = await runOnce(await first.loadPipeline(opts()));
     await first.flush();
     const victim = artifact.manifest.shards[0].digest;
     const bad = (await store.get(victim))!.slice();
@@ -130,11 +133,58 @@ describe('createLoader', () => {
     origin.reset();
     const { loader: l, warnings } = loader({ store });
     const p = await l.loadPipeline(opts());
+    // The load resolved with the shard still hashing; the first run waits for it and gets the refetched bytes.
+    expect(await runOnce(p)).toEqual(clean);
     await l.flush();
     expect(p.info.sources[victim]).toBe('network');
     expect(origin.gets(artifact.blobPath(victim))).toBe(1);
     expect(warnings.join('\n')).toContain(`blob ${victim} in memory is corrupt`);
     expect((await store.get(victim))![0]).not.toBe(bad[0]);
+  });
+
+  test('a load resolves while its shards still hash; every run waits for their digests, and a mismatch found then rebuilds first', async () => {
+    const clean = await runOnce(await loader().loader.loadPipeline(opts()));
+    // A hasher whose shard digests come back when the test says, and wrong once for one shard (real
+    // SHA-256 of what it was given otherwise): the only way to hold a check open from outside.
+    const shards = new Set<string>(artifact.manifest.shards.map((s) => s.digest));
+    const victim = artifact.manifest.shards[0].digest;
+    let release!: () => void;
+    const held = new Promise<void>((resolve) => (release = resolve));
+    let lies = 1;
+    const hasher: OffThreadHasher = {
+      blob: async (blob) => sha256(new Uint8Array(await blob.arrayBuffer())),
+      stream: () => {
+        const chunks: Uint8Array[] = [];
+        return {
+          update: (chunk) => void chunks.push(chunk.slice()),
+          async digest() {
+            const d = await sha256(Buffer.concat(chunks));
+            if (shards.has(d)) await held;
+            return d === victim && lies-- > 0 ? (`sha256:${'0'.repeat(64)}` as Digest) : d;
+          },
+          abandon: () => {},
+        };
+      },
+    };
+    origin.reset();
+    const log: string[] = [];
+    const { loader: l, warnings } = loader({ engine: cpuEngine(log), hasher });
+    const p = await l.loadPipeline(opts());
+    expect(log).toEqual(['cuda', 'cpu']); // built, its shards not yet checked
+    let ran = false;
+    const running = runOnce(p).then((out) => ((ran = true), out));
+    const direct = p.sessions.model!.run(feeds).then(() => void (ran = true));
+    await new Promise((r) => setTimeout(r, 50));
+    expect(ran).toBe(false);
+    release();
+    // The shard that did not match released that session and was fetched again; the run went to the second.
+    expect(await running).toEqual(clean);
+    await direct;
+    expect(log).toEqual(['cuda', 'cpu', 'cuda', 'cpu']);
+    expect(origin.gets(artifact.blobPath(victim))).toBe(2);
+    expect(p.info.sources[victim]).toBe('network');
+    expect(warnings.filter((w) => !/cuda could not run it/.test(w))).toEqual([]);
+    await p.verified();
   });
 
   test('a dropped connection resumes with Range + If-Range; 5xx answers are retried', async () => {
@@ -144,6 +194,7 @@ describe('createLoader', () => {
     origin.cutAfter(path, 5000);
     origin.failWith(artifact.blobPath(artifact.manifest.graph.digest), 503, 2);
     const p = await loader().loader.loadPipeline(opts());
+    await p.verified();
     const gets = origin.requests.filter((r) => r.path === path);
     expect(gets.map((r) => [r.range, r.status])).toEqual([
       [null, 200],
@@ -192,7 +243,7 @@ describe('createLoader', () => {
     };
     origin.reset();
     const { loader: ok, store } = loader({ fetch: corrupting });
-    await ok.loadPipeline(opts());
+    await (await ok.loadPipeline(opts())).verified();
     await ok.flush();
     expect(origin.gets(artifact.blobPath(shard.digest))).toBe(2);
     expect(await store.has(shard.digest)).toBe(true);
@@ -200,8 +251,12 @@ describe('createLoader', () => {
     corruptions.left = 5;
     origin.reset();
     const { loader: bad, store: empty } = loader({ fetch: corrupting });
-    const error = await bad.loadPipeline(opts()).catch((e) => e);
+    // The load resolves (its sessions are built while the shard hashes); nothing it built gives output.
+    const p = await bad.loadPipeline(opts());
+    const error = await p.verified().catch((e) => e);
     expect(isFuseloadError(error) && error.code).toBe('digest-mismatch');
+    const ran = await runOnce(p).catch((e) => e);
+    expect(isFuseloadError(ran) && ran.code).toBe('digest-mismatch');
     expect(error.message).toMatch(/bytes hash to sha256:[0-9a-f]{64}, expected/);
     expect(origin.gets(artifact.blobPath(shard.digest))).toBe(2);
     await bad.flush();
@@ -265,6 +320,7 @@ describe('createLoader', () => {
     const store = new SlowManifestStore();
     const { loader: l } = loader({ store });
     const p = await l.loadPipeline(opts());
+    await p.verified();
     expect(manifestWritten).toBe(false);
     for (const b of artifact.blobs) expect(await store.has(b.digest)).toBe(true);
     let flushed = false;

@@ -47,7 +47,9 @@ export interface WorkerHarnessResult {
   longTasks: number[];
   /** What the loader warned of. */
   warnings: string[];
-  /** ms from the loadPipeline call until it resolved. */
+  /** ms from the loadPipeline call until it resolved (sessions built, digests perhaps still being checked). */
+  resolvedMs?: number;
+  /** ms from the loadPipeline call until the pipeline's verified() resolved: usable. */
   loadMs?: number;
   /** With hold: ms from the call until release(). */
   heldMs?: number;
@@ -92,6 +94,9 @@ async function load(options: WorkerHarnessLoad): Promise<WorkerHarnessResult> {
         byFile.set(lastProgress.file, `${e.phase} ${e.loaded}/${e.total}`);
       },
     });
+    result.resolvedMs = performance.now() - loading;
+    // Every digest verified (runs wait for it themselves); the info is final then.
+    await p.verified();
     result.loadMs = performance.now() - loading;
     const { manifest: _manifest, ...info } = p.info;
     result.info = info;
