@@ -17,8 +17,9 @@
  *                           / a raw IndexedDB read of the same records, nothing verified (target ≤ 1.15)
  *   warm_cache_api_ratio  = the same / the Cache API read transformers.js and WebLLM do: `match` + `arrayBuffer`
  *                           of the same bytes in the same page (target ≤ 1.0)
- *   warm_usable_cache_api_ratio = warm loadPipeline resolved (every digest verified, the WASM session built)
- *                           / the peer's whole path: that Cache API read + the same session (target ≤ 1.0)
+ *   warm_usable_cache_api_ratio = warm load usable (loadPipeline resolved and its `verified()` too: every digest
+ *                           matched, the WASM session built) / the peer's whole path: that Cache API read + the
+ *                           same session (target ≤ 1.0)
  *
  * These 280 MiB fit in memory (web/browser-loader.ts, `inMemoryLoadBytes`: an eighth of the device's
  * memory), so the load works as the peers do: downloads come as bytes, hashed as they stream, and
@@ -28,21 +29,24 @@
  * session; the `*_on_disk` columns measure that path on the same bytes.
  *
  * Reported beside them:
- *   warm_usable_idb_ratio       = warm loadPipeline resolved / the raw IndexedDB read + the same session (harness
+ *   warm_usable_idb_ratio       = warm load usable / the raw IndexedDB read + the same session (harness
  *                                 `idbSession`). On 2 cores SHA-256 alone (~700 MB/s a core) costs 280 MiB about as
  *                                 long as that whole path takes, which is also what `warm_ratio` misses by
  *   warm_arraybuffer_idb_ratio  = the warm load's bytes / a raw read of the same bytes as Uint8Array records (the older layout)
- *   warm_usable_floor_ratio     = warm loadPipeline resolved / a session from the stored records as Blobs while
+ *   warm_usable_floor_ratio     = warm load usable / a session from the stored records as Blobs while
  *                                 hashing workers of the loader's kind hash them, no loader (harness `verifiedSession`)
  *   warm_usable_on_disk_cache_api_ratio = warm_usable_cache_api for the path past inMemoryLoadBytes (Blob handles,
  *                                 hashed beside the session)
+ *   warm_resolved_on_disk_cache_api_ratio = the same until loadPipeline resolved: its sessions built, its runs
+ *                                 waiting at the gate for the last digests (Pipeline.verified)
  *   cold_memorystore_ratio      = the cold load with a MemoryStore / bare fetch: the loader without IndexedDB writes
  *   cold_on_disk_ratio          = cold_ratio for the path past inMemoryLoadBytes: downloads into OPFS files, their
  *                                 hashes finishing behind the hand-over
- *   cold_usable_ratio           = cold loadPipeline resolved (every digest verified, the WASM session built) / bare fetch
+ *   cold_usable_ratio           = cold load usable (every digest verified, the WASM session built) / bare fetch
  *   cold_link_usable_ratio      = the same over the link / the link's bare fetch: the whole wait a user has
  *   cold_link_usable_peer_ratio = the same / the peer's whole cold path over the link: fetch every body whole, then the
  *                                 same session from those bytes, nothing verified or stored (harness `fetchSession`)
+ *   cold_link_resolved_ratio    = cold loadPipeline resolved over the link, before its last digests are in / the link's bare fetch
  *   cold_link_worker_usable_ratio      = cold_link_usable with the loader in its Web Worker (createWorkerLoader, the
  *                                        demo's default), one worker kept across the run as a page keeps it
  *   warm_usable_worker_cache_api_ratio = warm_usable_cache_api with the loader in its Web Worker, the same way
@@ -187,6 +191,7 @@ async function main() {
       ]);
       r.linkCold = linkCold.blobsReadyMs!;
       r.linkColdUsable = linkCold.ms;
+      r.linkColdResolved = linkCold.resolvedMs!;
 
       await settle();
       // Warm: the loader against raw reads of the same bytes and the Cache API, order alternating.
@@ -200,7 +205,11 @@ async function main() {
         async () => void (r.idbSession = await page.evaluate((d) => window.harness.bench.idbSession(d), digests)),
         async () => void (r.verifiedSession = await page.evaluate((d) => window.harness.bench.verifiedSession(d), digests)),
         async () => void (r.warmWorkerUsable = check(await inWorker(), 'store').loadMs!),
-        async () => void (r.warmOnDiskUsable = check(await load({ inMemoryLoadBytes: 0 }), 'store').ms),
+        async () => {
+          const onDisk = check(await load({ inMemoryLoadBytes: 0 }), 'store');
+          r.warmOnDiskUsable = onDisk.ms;
+          r.warmOnDiskResolved = onDisk.resolvedMs!;
+        },
       ]);
       r.warm = warm.blobsReadyMs!;
       r.warmUsable = warm.ms;
@@ -223,11 +232,13 @@ async function main() {
       warm_arraybuffer_idb_ratio: ratio('warm', 'idbArrayBuffer'),
       warm_usable_floor_ratio: ratio('warmUsable', 'verifiedSession'),
       warm_usable_on_disk_cache_api_ratio: ratio('warmOnDiskUsable', 'cacheSession'),
+      warm_resolved_on_disk_cache_api_ratio: ratio('warmOnDiskResolved', 'cacheSession'),
       cold_memorystore_ratio: ratio('coldMemory', 'fetch'),
       cold_on_disk_ratio: ratio('coldOnDisk', 'fetch'),
       cold_usable_ratio: ratio('coldUsable', 'fetch'),
       cold_link_usable_ratio: ratio('linkColdUsable', 'linkFetch'),
       cold_link_usable_peer_ratio: ratio('linkColdUsable', 'linkPeer'),
+      cold_link_resolved_ratio: ratio('linkColdResolved', 'linkFetch'),
       cold_link_worker_usable_ratio: ratio('linkWorkerUsable', 'linkFetch'),
       warm_usable_worker_cache_api_ratio: ratio('warmWorkerUsable', 'cacheSession'),
     };
@@ -235,13 +246,13 @@ async function main() {
     console.log(`cold loadPipeline     ${fmt(median(col('cold')))} blobs fetched and handed to the engine, ${fmt(median(col('coldStored')))} until stored in IndexedDB`);
     console.log(`cold, MemoryStore     ${fmt(median(col('coldMemory')))}`);
     console.log(`cold, files on disk   ${fmt(median(col('coldOnDisk')))} (past inMemoryLoadBytes)`);
-    console.log(`cold loadPipeline     ${fmt(median(col('coldUsable')))} resolved (verified, WASM session built)`);
-    console.log(`over a ${GBIT} Gbit/s link: bare fetch ${fmt(median(col('linkFetch')))}, cold loadPipeline ${fmt(median(col('linkCold')))} (${fmt(median(col('linkColdUsable')))} resolved); the peer's fetch + session ${fmt(median(col('linkPeer')))}`);
+    console.log(`cold loadPipeline     ${fmt(median(col('coldUsable')))} usable (verified, WASM session built)`);
+    console.log(`over a ${GBIT} Gbit/s link: bare fetch ${fmt(median(col('linkFetch')))}, cold loadPipeline ${fmt(median(col('linkCold')))} (resolved ${fmt(median(col('linkColdResolved')))}, usable ${fmt(median(col('linkColdUsable')))}); the peer's fetch + session ${fmt(median(col('linkPeer')))}`);
     console.log(`raw IndexedDB read    ${fmt(median(col('idb')))} (Blob records); ${fmt(median(col('idbArrayBuffer')))} as Uint8Array records; with the WASM session ${fmt(median(col('idbSession')))}`);
     console.log(`Cache API read        ${fmt(median(col('cache')))}; with the WASM session ${fmt(median(col('cacheSession')))}`);
-    console.log(`warm loadPipeline     ${fmt(median(col('warm')))} bytes to the engine, ${fmt(median(col('warmUsable')))} resolved (verified, WASM session built); past inMemoryLoadBytes ${fmt(median(col('warmOnDiskUsable')))} resolved`);
+    console.log(`warm loadPipeline     ${fmt(median(col('warm')))} bytes to the engine, ${fmt(median(col('warmUsable')))} usable (verified, WASM session built); past inMemoryLoadBytes resolved ${fmt(median(col('warmOnDiskResolved')))}, usable ${fmt(median(col('warmOnDiskUsable')))}`);
     console.log(`session + hashes      ${fmt(median(col('verifiedSession')))} (the same session from the stored records while workers hash them, no loader)`);
-    console.log(`in the loader's Web Worker (the demo's path): cold over the link ${fmt(median(col('linkWorkerUsable')))} resolved, warm ${fmt(median(col('warmWorkerUsable')))} resolved`);
+    console.log(`in the loader's Web Worker (the demo's path): cold over the link ${fmt(median(col('linkWorkerUsable')))} usable, warm ${fmt(median(col('warmWorkerUsable')))} usable`);
     for (const [k, v] of Object.entries(ratios)) console.log(`${k.padEnd(28)} ${spread(v)}  (median [min–max] of ${RUNS})`);
     const spreads = Object.entries(ratios).map(([k, v]) => `${k.replace(/_ratio$/, '')}_spread=${Math.min(...v).toFixed(2)}-${Math.max(...v).toFixed(2)}`);
     console.log(`BENCH browser ${Object.entries(ratios).map(([k, v]) => `${k}=${median(v).toFixed(2)}`).join(' ')} ${spreads.join(' ')} rounds=${RUNS} bytes=${bytes}`);
