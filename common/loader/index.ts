@@ -18,7 +18,7 @@ import { createOverlayRuntime, type OverlayLora, type OverlayPlan, overlayKey, r
 import { Progress } from './progress.ts';
 import { createSession } from './sessions.ts';
 import { type BaseWeights, createSwitchRuntime, type LoraSwitchMode, type LoraWeights, type SwitchableComponent, switchableGraph } from './switch.ts';
-import { createGenerator, type Generator, nativeImageSize } from './text-to-image.ts';
+import { createGenerator, nativeImageSize } from './text-to-image.ts';
 
 /**
  * An engine that can also build a session from files where the store keeps the blobs
@@ -96,7 +96,6 @@ export interface Loader {
 interface CachedPipeline {
   sessions: Partial<Record<Role, EngineSession>>;
   info: PipelineInfo;
-  generator: Generator | null;
   handles: number;
   released: boolean;
   /** Components whose sessions switch LoRAs in place (switch.ts); empty for a copy-on-merge build. */
@@ -262,8 +261,8 @@ export function createLoader(runtime: LoaderRuntime): Loader {
         await dropBuilt(again);
         throw e;
       }
-      const { sessions, info, generator, switchable, baseWeights, assets } = again;
-      Object.assign(entry, { sessions, info, generator, switchable, baseWeights, assets, verified: again.verified, generation: entry.generation + 1 });
+      const { sessions, info, switchable, baseWeights, assets } = again;
+      Object.assign(entry, { sessions, info, switchable, baseWeights, assets, verified: again.verified, generation: entry.generation + 1 });
     });
     entry.ready.catch(() => releaseEntry(entry).catch(() => {}));
     return entry;
@@ -388,8 +387,7 @@ export function createLoader(runtime: LoaderRuntime): Loader {
         fromPipelineCache: false,
         ...imageSizeOf(view.kind, assets),
       };
-      const generator = view.kind === 'text-to-image' ? createGenerator(model, sessions, assets, info.imageSize) : null;
-      return { sessions, info, generator, handles: 0, released: false, switchable, baseWeights, origin, model, view, assets, verified, ready: verified, generation: 0 };
+      return { sessions, info, handles: 0, released: false, switchable, baseWeights, origin, model, view, assets, verified, ready: verified, generation: 0 };
     } catch (e) {
       baseWeights.dispose();
       for (const s of Object.values(sessions)) await s?.release().catch(() => {});
@@ -460,7 +458,6 @@ export function createLoader(runtime: LoaderRuntime): Loader {
     };
     let weights = null as LoraWeights | null;
     let sessions = entry.sessions;
-    let generator = entry.generator;
     /** What this handle's weights carry now: applied again if the entry's sessions are rebuilt. */
     let current: SwitchOverlays = overlays ?? { plan: { applied: [], terms: new Map() }, loras: [] };
     /** The entry's generation this handle's state was derived from. */
@@ -469,13 +466,11 @@ export function createLoader(runtime: LoaderRuntime): Loader {
     const derive = async () => {
       generation = entry.generation;
       sessions = entry.sessions;
-      generator = entry.generator;
       info = entryInfo();
       if (!entry.switchable.size) return;
       weights = await switchWeights(entry);
       info = await applySwitch(weights, info, current);
       sessions = { ...entry.sessions, ...weights.sessions };
-      generator = entry.view.kind === 'text-to-image' ? createGenerator(entry.model, sessions, entry.assets, entry.info.imageSize) : null;
     };
     const fail = async (e: unknown) => {
       await weights?.dispose();
@@ -508,7 +503,8 @@ export function createLoader(runtime: LoaderRuntime): Loader {
       })().finally(() => (rederiving = null));
       await rederiving;
     };
-    // The sessions handed out: each call waits at the gate, then goes to the session as it is now.
+    // The sessions handed out, and the ones generate() calls: each call waits at the gate, then goes
+    // to the session as it is now. `run` and `runDevice` are plain properties (a bench wraps them).
     const gated: Partial<Record<Role, EngineSession>> = {};
     for (const role of Object.keys(sessions) as Role[]) {
       const now = () => sessions[role] ?? entry.sessions[role]!;
@@ -532,9 +528,7 @@ export function createLoader(runtime: LoaderRuntime): Loader {
         get device() {
           return now().device;
         },
-        get runDevice() {
-          return now().runDevice ? runDevice : undefined;
-        },
+        ...(now().runDevice ? { runDevice } : {}),
         async run(feeds: Feeds) {
           await gate(`sessions.${role}.run`);
           return now().run(feeds);
@@ -542,6 +536,7 @@ export function createLoader(runtime: LoaderRuntime): Loader {
         release: () => now().release(),
       };
     }
+    const generator = entry.view.kind === 'text-to-image' ? createGenerator(entry.model, gated, entry.assets, entry.info.imageSize) : null;
     return {
       get info() {
         return info;
