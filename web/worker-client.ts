@@ -10,10 +10,10 @@
  *   const { image } = await p.generate({ prompt, steps: 20, onStep: (e) => bar(e.step / e.steps) });
  *   await p.dispose();
  *
- * Proxied: `info`, `run`, `generate` (with `onStep` and `signal`), `setLoras`, `dispose`, and
- * `sessions[role].run` with each session's input and output metadata. Not proxied: device
- * tensors (`runDevice`), which live on the worker's GPU device. Feeds are copied to the worker;
- * outputs and images are moved back without a copy.
+ * Proxied: `info`, `run`, `generate` (with `onStep` and `signal`), `setLoras`, `verified` (which
+ * brings `info` back as it is then), `dispose`, and `sessions[role].run` with each session's input
+ * and output metadata. Not proxied: device tensors (`runDevice`), which live on the worker's GPU
+ * device. Feeds are copied to the worker; outputs and images are moved back without a copy.
  */
 import { FuseloadError, type FuseloadErrorCode } from '../common/errors.ts';
 import type { StepEvent } from '../common/generate/options.ts';
