@@ -72,6 +72,24 @@ describe('load-time overlays on WebGPU', () => {
     }
   });
 
+  test('a tampered stored base shard under a switched overlay: the run waits, the sessions are rebuilt from a fresh fetch, and the overlay applied again', async () => {
+    const page = await openPage();
+    const c = CASES[0];
+    const want = await mergedLoad(page, c.name);
+    // Past inMemoryLoadBytes the stored shards go to ORT as they are and are hashed beside the session.
+    const options: Partial<HarnessLoad> = { inMemoryLoadBytes: 0, loras: fx.overlays(c), keepEvents: true };
+    await load(page, options);
+    const victim = fx.base.manifest.shards[0].digest;
+    await page.evaluate((d) => window.harness.tamper(d), victim);
+    const r = await load(page, options);
+    const attempts = r.events.filter((e) => e.phase === 'session' && e.loaded === 0);
+    expect(attempts.map((e) => e.file)).toEqual([fx.base.manifest.graph.digest, fx.base.manifest.graph.digest]);
+    expect(r.warnings.join('\n')).toMatch(new RegExp(`${victim} in indexeddb is corrupt`));
+    expect(r.info.sources[victim]).toBe('network');
+    expect(r.info.overlays.map((o) => o.digest).sort()).toEqual(c.loras.map((l) => fx.loras[l.file].digest).sort());
+    expect(maxAbsDiff(r.output.data, want.output.data), c.name).toBeLessThan(TOLERANCE);
+  });
+
   test('the merge graph on WebGPU (every weight through onnxruntime-web) gives the same numbers', async () => {
     const page = await openPage();
     for (const c of [CASES[0], CASES[3]]) {
