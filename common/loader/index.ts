@@ -86,8 +86,9 @@ export interface Loader {
   /** Drops blobs and cached pipelines held in memory (sessions still in use stay alive until disposed). */
   clearMemory(): Promise<void>;
   /**
-   * Resolves once every store write started so far has finished. A load resolves as soon as its
-   * blobs are verified; writing them to the store goes on behind it (the blob's lock is held until then).
+   * Resolves once every store write started so far has finished. A load resolves once its sessions
+   * are built (its last digests perhaps still being checked: `Pipeline.verified`); a blob is written to
+   * the store behind it, once verified (the blob's lock is held until then).
    */
   flush(): Promise<void>;
 }
