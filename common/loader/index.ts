@@ -239,12 +239,7 @@ export function createLoader(runtime: LoaderRuntime): Loader {
       entry = await build(...args);
     } catch (e) {
       if (!(e instanceof LateDigestMismatch)) throw e;
-      const again = await rebuild(e, args);
-      await again.verified.catch(async (wrong: unknown) => {
-        await dropBuilt(again);
-        throw wrong;
-      });
-      return again;
+      return rebuild(e, args);
     }
     // Behind the load: it has resolved, so its signal no longer stops the second pass.
     const behind = [...args.slice(0, 9), undefined] as Parameters<typeof build>;
@@ -254,10 +249,6 @@ export function createLoader(runtime: LoaderRuntime): Loader {
       if (entry.released) throw e;
       await dropBuilt(entry);
       const again = await rebuild(e, behind);
-      await again.verified.catch(async (wrong: unknown) => {
-        await dropBuilt(again);
-        throw wrong;
-      });
       if (entry.released) {
         await dropBuilt(again);
         throw e;
@@ -277,9 +268,17 @@ export function createLoader(runtime: LoaderRuntime): Loader {
     for (const s of sessions) await s?.release().catch(() => {});
   }
 
-  /** The second pass after `e`: the good blobs were read on the first (and are in memory now), so it says where they came from. */
+  /**
+   * The second pass after `e`, resolved once its own digests matched (wrong again: what it built is
+   * let go, and it rejects). The good blobs were read on the first pass (and are in memory now), so
+   * it says where they came from.
+   */
   async function rebuild(e: LateDigestMismatch, args: Parameters<typeof build>): Promise<CachedPipeline> {
     const again = await build(...args);
+    await again.verified.catch(async (wrong: unknown) => {
+      await dropBuilt(again);
+      throw wrong;
+    });
     const { sources, bytesFetched } = e.earlier ?? { sources: {}, bytesFetched: 0 };
     for (const [digest, source] of Object.entries(sources) as [Digest, CacheSource][]) {
       if (digest !== e.digest && again.info.sources[digest] === 'memory') again.info.sources[digest] = source;
@@ -479,36 +478,41 @@ export function createLoader(runtime: LoaderRuntime): Loader {
       entry.handles--;
       throw e;
     };
+    /** The same, again from the entry's rebuilt sessions (this handle's weights were over the released ones). */
+    const rederive = async () => {
+      await weights?.dispose();
+      weights = null;
+      await derive();
+    };
     try {
       await derive();
     } catch (e) {
       // A mismatch found meanwhile released what this was deriving from: derive from the rebuilt entry.
       const rebuilt = await entry.ready.then(() => entry.generation !== generation, (wrong: unknown) => fail(wrong));
       if (!rebuilt) await fail(e);
-      await weights?.dispose();
-      await derive().catch(fail);
+      await rederive().catch(fail);
     }
     // Every call that can produce output waits for the entry's digests first; after a mismatch
-    // rebuilt the entry's sessions, this handle derives its state from them once.
+    // rebuilt the entry's sessions, this handle derives its state from them once. `ready` settles
+    // once for good, so a handle that has passed it never waits again (a UNet step calls through here).
     let rederiving: Promise<void> | null = null;
+    let passed = false;
     const gate = async (what: string) => {
       alive(what);
+      if (passed) return;
       await entry.ready;
       alive(what);
-      if (generation === entry.generation) return;
-      rederiving ??= (async () => {
-        await weights?.dispose();
-        weights = null;
-        generation = entry.generation;
-        await derive();
-      })().finally(() => (rederiving = null));
-      await rederiving;
+      if (generation !== entry.generation) {
+        rederiving ??= rederive().finally(() => (rederiving = null));
+        await rederiving;
+      }
+      passed = true;
     };
     // The sessions handed out, and the ones generate() calls: each call waits at the gate, then goes
     // to the session as it is now. `run` and `runDevice` are plain properties (a bench wraps them).
     const gated: Partial<Record<Role, EngineSession>> = {};
     for (const role of Object.keys(sessions) as Role[]) {
-      const now = () => sessions[role] ?? entry.sessions[role]!;
+      const now = () => sessions[role]!;
       const runDevice: EngineSession['runDevice'] = async (feeds, keep, read) => {
         await gate(`sessions.${role}.runDevice`);
         return now().runDevice!(feeds, keep, read);
