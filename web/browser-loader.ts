@@ -52,7 +52,8 @@ export interface BrowserLoaderOptions {
   /**
    * The most weight bytes a load takes in memory (default `defaultInMemoryLoadBytes`: an eighth of
    * the device's memory, at least memoryBudgetBytes). Up to it, downloads come as bytes and stored
-   * shards are read and verified by the hashing workers and given to onnxruntime-web as bytes; past
+   * shards are read as bytes and given to onnxruntime-web, then hashed by the hashing workers once
+   * the sessions are built (runs wait for the digests); past
    * it, downloads go into files (`filesOnDisk`) and shards are handed over as Blobs, never whole in
    * memory here.
    */

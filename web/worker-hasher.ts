@@ -6,9 +6,12 @@
  *
  * - `blob(handle)`: a stored Blob record; the worker reads it itself (the Blob is immutable: the
  *   same bytes the loader read) and hashes it with WebCrypto.
- * - `read(handle)`: the same, and the bytes it read come back with the digest, moved: a load that
- *   fits in memory gives the engine those instead of the handle, so the record is read once, not
- *   once by the engine and again for its check (test/bench/browser-load.ts).
+ * - `read(handle)`: the same, and the bytes it read come back with the digest, moved: the record is
+ *   read once, not once by the engine and again for its check (test/bench/browser-load.ts).
+ * - `take(bytes)`: bytes the loader read itself and the engine is done with (its sessions are
+ *   built), moved to the worker, hashed there and moved back with the digest: a load that fits in
+ *   memory hands the engine its records as soon as they are read, and pays neither a second read
+ *   nor a copy for the check.
  * - `stream(size)`: a download's chunks, handed over as they arrive (moved, not copied, in
  *   batches) and gathered there, then hashed with WebCrypto when the last one is in; `update`
  *   returns a promise when the worker is behind by more than a few MiB, or holds more than 256 MiB
@@ -26,6 +29,7 @@ import type { OffThreadHasher, StreamHash } from '../common/loader/blobs.ts';
 
 export type ToHasher =
   | { op: 'blob' | 'read'; id: number; blob: Blob }
+  | { op: 'take'; id: number; bytes: Uint8Array<ArrayBuffer> }
   | { op: 'start'; id: number; size: number }
   | { op: 'chunks'; id: number; chunks: Uint8Array[] }
   | { op: 'end'; id: number }
@@ -154,6 +158,19 @@ export function createWorkerHasher(options: HasherOptions = {}): OffThreadHasher
   }
 
   return {
+    take(bytes: Uint8Array, reread: () => Promise<Uint8Array>): Promise<{ digest: Digest; bytes: Uint8Array }> {
+      const inline = async (b: Uint8Array) => ({ digest: await sha256(b), bytes: b });
+      if (broken) return inline(bytes);
+      const { id, job: j, digest } = job();
+      // Moved, not copied: a view of part of a buffer is copied (the loader's records are whole buffers).
+      const whole = bytes.byteOffset === 0 && bytes.byteLength === bytes.buffer.byteLength && bytes.buffer instanceof ArrayBuffer ? (bytes as Uint8Array<ArrayBuffer>) : bytes.slice();
+      j.slot.worker.postMessage({ op: 'take', id, bytes: whole } satisfies ToHasher, [whole.buffer]);
+      // A worker that died holding them: the record is read again and hashed here.
+      return digest.then(
+        (d) => ({ digest: d, bytes: j.bytes! }),
+        async (e: unknown) => (broken ? inline(await reread()) : Promise.reject(e)),
+      );
+    },
     blob(blob: Blob): Promise<Digest> {
       return ofBlob('blob', blob, (digest) => digest);
     },

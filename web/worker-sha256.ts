@@ -7,6 +7,8 @@
  *   into one reused buffer, and hashed.
  * - `read`: the same into a buffer of its own, which goes back with the digest (moved, not copied):
  *   the loader hands those verified bytes to the engine instead of the handle.
+ * - `take`: bytes the loader read itself, moved here once the engine is done with them, hashed and
+ *   moved back with the digest.
  * - `start` / `chunks` / `end`: a download as it streams, its chunks moved here (transferred, not
  *   copied) and gathered into one buffer, hashed when the last is in; every batch is acknowledged,
  *   for backpressure.
@@ -79,6 +81,8 @@ scope.addEventListener('message', (event) => {
   switch (m.op) {
     case 'blob':
       return hashInTurn(m.id, () => readInto(m.blob));
+    case 'take':
+      return hashInTurn(m.id, async () => m.bytes, true);
     case 'read':
       return hashInTurn(m.id, () => readBlobInto(m.blob, new Uint8Array(m.blob.size)), true);
     case 'start':

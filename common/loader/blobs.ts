@@ -54,6 +54,11 @@ export interface OffThreadHasher {
   blob(blob: Blob): Promise<Digest>;
   /** The Blob's bytes, read and hashed by the hasher and handed back with their digest (not copied back). */
   read?(blob: Blob): Promise<{ digest: Digest; bytes: Uint8Array }>;
+  /**
+   * Bytes this thread read and no longer uses, moved to the hasher, hashed there and handed back
+   * with their digest (`bytes` is detached meanwhile); `reread` gives them again where the hasher died holding them.
+   */
+  take?(bytes: Uint8Array, reread: () => Promise<Uint8Array>): Promise<{ digest: Digest; bytes: Uint8Array }>;
   /** A download of `size` bytes as it streams; null when it cannot take one (its workers failed): the download is hashed whole, inline. */
   stream(size: number): StreamHash | null;
 }
@@ -98,8 +103,9 @@ export interface GetOptions {
    * fit in memory together (`downloadsAsHandles`, set by getBlobs against `inMemoryLoadBytes`): gathered
    * into a file on disk (`fileSink`) or a Blob, hashed from it and stored as it is, never whole in memory
    * here. Blobs that fit (`downloadsAsHandles` false) are downloaded as bytes — hashed as they stream
-   * and kept in the memory tier for the next load — and, where the hasher can `read`, stored ones are
-   * read once by it and handed out as those verified bytes, not as their records.
+   * and kept in the memory tier for the next load — and stored ones are handed out as bytes, not as
+   * their records: read here and hashed once the caller lets go of them (`movable`, with a hasher
+   * that can `take`), or else read once by the hasher (`read`) and handed out verified.
    */
   asHandle?: (ref: BlobRef) => boolean;
   downloadsAsHandles?: boolean;
@@ -107,6 +113,15 @@ export interface GetOptions {
   heldUntil?: Promise<unknown>;
   /** With verifyLater: when stored bytes start hashing (getBlobs: once all its blobs are read). Default at once. */
   hashAfter?: Promise<void>;
+  /**
+   * With verifyLater, where the hasher can `take`: stored records are read here as bytes (a load that
+   * fits in memory reads its handles too) and handed on before they are hashed; once this settles
+   * (the caller's sessions are built: the engine has copied the bytes) those it allows are moved to
+   * the hasher, hashed there and moved back for the memory tier, and the rest are hashed from their
+   * record. One read, no copy, and the engine gets the bytes as fast as a raw read
+   * (test/bench/browser-load.ts, docs/architecture.md "Browser loading").
+   */
+  movable?: Promise<(digest: Digest) => boolean>;
 }
 
 /**
@@ -176,8 +191,10 @@ export function createBlobSource(o: BlobSourceOptions) {
     let bytes: Uint8Array | null = null;
     // With a hasher and a store of handles, the hasher reads the same (immutable) Blob itself.
     let handle: Blob | null = null;
+    // Read here and handed on first, hashed by the hasher once the caller lets go of the bytes (`movable`).
+    const take = verifyLater && options.movable && hasher?.take && !store.verifiesReads && hasHandles(store) && (!asHandle || options.downloadsAsHandles === false) ? options.movable : null;
     try {
-      if (asHandle && hasHandles(store)) {
+      if (asHandle && hasHandles(store) && !take) {
         // Held from before the read: an eviction by this load's own writes must not pull the file from under the engine.
         const unhold = await store.hold?.(ref.digest);
         if (unhold) void settled(options.heldUntil).then(unhold);
@@ -192,7 +209,7 @@ export function createBlobSource(o: BlobSourceOptions) {
       warn(`blob ${ref.digest}: ${store.kind} read failed (${errorText(e)}); fetching it`);
       return null;
     }
-    const data = asHandle ? handle : bytes;
+    const data = asHandle && !take ? handle : bytes;
     if (!data) return null;
     const corrupt = async () => {
       warn(`blob ${ref.digest} in ${store.kind} is corrupt; fetching it again`);
@@ -203,16 +220,21 @@ export function createBlobSource(o: BlobSourceOptions) {
       return null;
     }
     progress.emit('verify', ref.digest, 0, ref.size);
-    // A load that fits in memory: the record is read once, by the hasher, and verified before the
-    // engine sees a byte of it; the engine copies bytes in hand faster than it reads a Blob
+    // A load that fits in memory without `movable`: the record is read once, by the hasher, and verified
+    // before the engine sees a byte of it; the engine copies bytes in hand faster than it reads a Blob
     // (test/bench/browser-load.ts, docs/architecture.md "Browser loading").
-    const read = handle && asHandle && options.downloadsAsHandles === false && !store.verifiesReads ? hasher?.read : undefined;
+    const read = handle && asHandle && !take && options.downloadsAsHandles === false && !store.verifiesReads ? hasher?.read : undefined;
     let found = bytes;
     // A store that verifies its own reads (DiskStore's stamp check) is not hashed twice.
     // Deferred, the hash waits for the call's other reads and for the caller's next step to start:
     // even off this thread it competes with them for the cores (on two, a warm load's reads took a
     // quarter longer when their hashes started beside them: test/bench/browser-load.ts).
     const hash = async () => {
+      if (take && (await take)(ref.digest)) {
+        const got = await hasher!.take!(found!, async () => new Uint8Array(await handle!.arrayBuffer()));
+        found = got.bytes;
+        return got.digest;
+      }
       if (read) {
         const got = await read.call(hasher, handle!).catch((e: unknown) => {
           warn(`blob ${ref.digest}: ${store.kind} read failed (${errorText(e)}); fetching it`);
@@ -224,7 +246,7 @@ export function createBlobSource(o: BlobSourceOptions) {
       return handle && hasher ? hasher.blob(handle) : sha256(found ?? new Uint8Array(await handle!.arrayBuffer()));
     };
     const later = verifyLater && !read;
-    const start = later ? (options.hashAfter ?? VERIFIED) : VERIFIED;
+    const start = take ?? (later ? (options.hashAfter ?? VERIFIED) : VERIFIED);
     const hashed = store.verifiesReads ? Promise.resolve(true) : start.then(hash).then((d) => d === ref.digest);
     const verified = hashed.then(async (ok) => {
       if (!ok) {

@@ -322,6 +322,10 @@ export function createLoader(runtime: LoaderRuntime): Loader {
     // Handles (spooled downloads) are read until the sessions are built: then their files may go.
     let done!: () => void;
     const built = new Promise<void>((resolve) => (done = resolve));
+    // Once the sessions are built (the engine has copied the weights), stored shards read here go to
+    // the hasher (blobs.ts, `movable`): all but those a switchable session still feeds from.
+    let lend!: (movable: (digest: Digest) => boolean) => void;
+    const movable = new Promise<(digest: Digest) => boolean>((resolve) => (lend = resolve));
     try {
       // Components no overlay touches may load straight from the store's files (no bytes read here).
       const pending: [Role, Component][] = [];
@@ -341,7 +345,7 @@ export function createLoader(runtime: LoaderRuntime): Loader {
       const weights = new Set(pending.flatMap(([, c]) => c.shards.map((s) => s.digest)));
       // An engine that reads external data from Blobs gets the shards no overlay merges into as the store's handles.
       const handles = new Set(engine.externalDataBlobs ? pending.filter(([role]) => !plan.terms.get(role)?.size).flatMap(([, c]) => c.shards.map((s) => s.digest)) : []);
-      const got = await blobs.getBlobs(origin, refs, progress, signal, model, { verifyLater: (ref) => weights.has(ref.digest), asHandle: (ref) => handles.has(ref.digest), heldUntil: built });
+      const got = await blobs.getBlobs(origin, refs, progress, signal, model, { verifyLater: (ref) => weights.has(ref.digest), asHandle: (ref) => handles.has(ref.digest), heldUntil: built, movable });
       mismatch = got.verified.then(() => null, (e: unknown) => e);
       Object.assign(sources, got.sources);
       bytesFetched += got.bytesFetched;
@@ -368,6 +372,8 @@ export function createLoader(runtime: LoaderRuntime): Loader {
         if (sw) await baseWeights.add(role, created.session, sw, (i) => shardBytes(got.blobs.get(c.shards[i].digest)) ?? baseShard(origin, model, view, role, i));
         dropWeights(got.blobs, pending, role);
       }
+      const fed = new Set(pending.filter(([role]) => switchable.has(role)).flatMap(([, c]) => c.shards.map((s) => s.digest)));
+      lend((digest) => !fed.has(digest));
       const verified = mismatch.then((e) => {
         if (e) throw e;
       });
@@ -389,6 +395,7 @@ export function createLoader(runtime: LoaderRuntime): Loader {
       };
       return { sessions, info, handles: 0, released: false, switchable, baseWeights, origin, model, view, assets, verified, ready: verified, generation: 0 };
     } catch (e) {
+      lend(() => false);
       baseWeights.dispose();
       for (const s of Object.values(sessions)) await s?.release().catch(() => {});
       // A corrupt stored blob explains an engine's failure on its bytes better than the engine does.
