@@ -323,7 +323,8 @@ export function createLoader(runtime: LoaderRuntime): Loader {
     let done!: () => void;
     const built = new Promise<void>((resolve) => (done = resolve));
     // Once the sessions are built (the engine has copied the weights), stored shards read here go to
-    // the hasher (blobs.ts, `movable`): all but those a switchable session still feeds from.
+    // the hasher and come back (blobs.ts, `movable`): all but those whose bytes a switchable session's
+    // fed weights are views of (on the CPU; uploaded ones hold none), hashed from their records instead.
     let lend!: (movable: (digest: Digest) => boolean) => void;
     const movable = new Promise<(digest: Digest) => boolean>((resolve) => (lend = resolve));
     try {
@@ -372,8 +373,8 @@ export function createLoader(runtime: LoaderRuntime): Loader {
         if (sw) await baseWeights.add(role, created.session, sw, (i) => shardBytes(got.blobs.get(c.shards[i].digest)) ?? baseShard(origin, model, view, role, i));
         dropWeights(got.blobs, pending, role);
       }
-      const fed = new Set(pending.filter(([role]) => switchable.has(role)).flatMap(([, c]) => c.shards.map((s) => s.digest)));
-      lend((digest) => !fed.has(digest));
+      const viewed = new Set(pending.filter(([role]) => baseWeights.holdsShards(role)).flatMap(([, c]) => c.shards.map((s) => s.digest)));
+      lend((digest) => !viewed.has(digest));
       const verified = mismatch.then((e) => {
         if (e) throw e;
       });

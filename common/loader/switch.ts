@@ -296,6 +296,12 @@ export class BaseWeights {
     }
   }
 
+  /** Whether `role`'s fed weights are views of the shard bytes they were filled from (kept on the CPU), which must then stay where they are. */
+  holdsShards(role: Role): boolean {
+    for (const w of this.#weights.get(role)?.values() ?? []) if (w.bytes) return true;
+    return false;
+  }
+
   /** The stored bytes of a fed weight (read again on a device: only a CPU-side merge needs them). */
   async bytes(role: Role, entry: TensorEntry): Promise<Uint8Array> {
     const w = this.#weights.get(role)?.get(entry.name);

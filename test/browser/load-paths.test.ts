@@ -132,6 +132,22 @@ describe('browser load paths', () => {
     await other.context().close();
   });
 
+  test('stored shards that fit in memory go to ORT as read and to the hashing workers after: the memory tier gets them back whole', async () => {
+    const page = await openPage();
+    const cold = await load(page);
+    // A loader of the page's own: its first load reads the records, its second takes the memory tier's copies.
+    const warm = await load(page, { reuse: true, dispose: true });
+    expect(Object.values(warm.info.sources)).toEqual(artifact.blobs.map(() => 'store'));
+    expect(warm.engine!.externalData).toEqual([artifact.manifest.shards.map(() => 'Uint8Array')]);
+    const again = await load(page, { reuse: true, dispose: true });
+    for (const s of artifact.manifest.shards) expect(again.info.sources[s.digest]).toBe('memory');
+    expect(again.info.fromPipelineCache).toBe(false);
+    expect(again.warnings).toEqual([]);
+    expect(again.output).toEqual(cold.output);
+    expect(warm.output).toEqual(cold.output);
+    await page.context().close();
+  });
+
   test('a file let go while the browser still holds it locked is removed once the lock goes, not left behind', async () => {
     const page = await openPage();
     // Locked for 60 ms: the removal is tried again (20, 100, 500 ms) until it goes.

@@ -26,6 +26,8 @@ export interface HarnessLoad {
   device?: Device;
   /** Reuse the page's loader (memory tier and pipeline cache) instead of a fresh one. */
   reuse?: boolean;
+  /** With reuse: dispose the pipeline after all, so the next load builds it again (from the loader's memory tier). */
+  dispose?: boolean;
   budgetBytes?: number;
   /** Parallel blob downloads (the loader's default when absent). */
   concurrency?: number;
@@ -251,7 +253,7 @@ async function load(options: HarnessLoad): Promise<HarnessResult> {
     await p.verified();
     const { manifest: _manifest, ...info } = p.info;
     const ms = performance.now() - started;
-    if (!options.reuse) await p.dispose();
+    if (!options.reuse || options.dispose) await p.dispose();
     // Store writes finish behind the load; tests inspect IndexedDB after them.
     await loader.flush();
     const storedMs = performance.now() - started;
