@@ -6,8 +6,6 @@
  *
  * - `blob(handle)`: a stored Blob record; the worker reads it itself (the Blob is immutable: the
  *   same bytes the loader read) and hashes it with WebCrypto.
- * - `read(handle)`: the same, and the bytes it read come back with the digest, moved: the record is
- *   read once, not once by the engine and again for its check (test/bench/browser-load.ts).
  * - `take(bytes)`: bytes the loader read itself and the engine is done with (its sessions are
  *   built), moved to the worker, hashed there and moved back with the digest: a load that fits in
  *   memory hands the engine its records as soon as they are read, and pays neither a second read
@@ -28,10 +26,10 @@ import { FuseloadError } from '../common/errors.ts';
 import type { OffThreadHasher, StreamHash } from '../common/loader/blobs.ts';
 
 export type ToHasher =
-  | { op: 'blob' | 'read'; id: number; blob: Blob }
+  | { op: 'blob'; id: number; blob: Blob }
   | { op: 'take'; id: number; bytes: Uint8Array<ArrayBuffer> }
   | { op: 'start'; id: number; size: number }
-  | { op: 'chunks'; id: number; chunks: Uint8Array[] }
+  | { op: 'chunks'; id: number; chunks: Uint8Array<ArrayBuffer>[] }
   | { op: 'end'; id: number }
   | { op: 'drop'; id: number };
 
@@ -64,7 +62,7 @@ interface Slot {
 interface Job {
   slot: Slot;
   resolve(digest: Digest): void;
-  /** `read`: the bytes that came back with the digest. */
+  /** `take`: the bytes that came back with the digest. */
   bytes?: Uint8Array<ArrayBuffer>;
   reject(error: unknown): void;
   /** Streams: bytes sent and not acknowledged, and who waits for them to drop. */
@@ -141,41 +139,31 @@ export function createWorkerHasher(options: HasherOptions = {}): OffThreadHasher
     return { id, job: j, digest };
   }
 
-  /** A Blob hashed in a worker (`read`: its bytes come back too); inline where the workers failed. */
-  function ofBlob<T>(op: 'blob' | 'read', blob: Blob, answer: (digest: Digest, bytes: Uint8Array<ArrayBuffer>) => T): Promise<T> {
-    const inline = async () => {
-      const bytes = new Uint8Array(await blob.arrayBuffer());
-      return answer(await sha256(bytes), bytes);
-    };
+  /**
+   * One job's message to a worker, and its digest (with the bytes it moved back, if any); `inline`
+   * hashes here instead where the workers failed, before or during the job.
+   */
+  function hashed<T>(message: (id: number) => ToHasher, transfer: Transferable[], inline: () => Promise<T>, answer: (digest: Digest, bytes: Uint8Array<ArrayBuffer> | undefined) => T): Promise<T> {
     if (broken) return inline();
     const { id, job: j, digest } = job();
-    j.slot.worker.postMessage({ op, id, blob } satisfies ToHasher);
-    // A Blob can be read again: a worker that died on it costs the check nothing.
+    j.slot.worker.postMessage(message(id), transfer);
     return digest.then(
-      (d) => answer(d, j.bytes!),
+      (d) => answer(d, j.bytes),
       (e: unknown) => (broken ? inline() : Promise.reject(e)),
     );
   }
 
   return {
     take(bytes: Uint8Array, reread: () => Promise<Uint8Array>): Promise<{ digest: Digest; bytes: Uint8Array }> {
-      const inline = async (b: Uint8Array) => ({ digest: await sha256(b), bytes: b });
-      if (broken) return inline(bytes);
-      const { id, job: j, digest } = job();
-      // Moved, not copied: a view of part of a buffer is copied (the loader's records are whole buffers).
-      const whole = bytes.byteOffset === 0 && bytes.byteLength === bytes.buffer.byteLength && bytes.buffer instanceof ArrayBuffer ? (bytes as Uint8Array<ArrayBuffer>) : bytes.slice();
-      j.slot.worker.postMessage({ op: 'take', id, bytes: whole } satisfies ToHasher, [whole.buffer]);
+      const here = async (b: Uint8Array) => ({ digest: await sha256(b), bytes: b });
+      if (broken) return here(bytes);
+      const whole = ownBuffer(bytes);
       // A worker that died holding them: the record is read again and hashed here.
-      return digest.then(
-        (d) => ({ digest: d, bytes: j.bytes! }),
-        async (e: unknown) => (broken ? inline(await reread()) : Promise.reject(e)),
-      );
+      return hashed((id) => ({ op: 'take', id, bytes: whole }), [whole.buffer], async () => here(await reread()), (digest, back) => ({ digest, bytes: back! }));
     },
     blob(blob: Blob): Promise<Digest> {
-      return ofBlob('blob', blob, (digest) => digest);
-    },
-    read(blob: Blob): Promise<{ digest: Digest; bytes: Uint8Array<ArrayBuffer> }> {
-      return ofBlob('read', blob, (digest, bytes) => ({ digest, bytes }));
+      // A Blob can be read again: a worker that died on it costs the check nothing.
+      return hashed((id) => ({ op: 'blob', id, blob }), [], async () => sha256(new Uint8Array(await blob.arrayBuffer())), (digest) => digest);
     },
     stream(size: number): StreamHash | null {
       if (broken) return null;
@@ -187,9 +175,9 @@ export function createWorkerHasher(options: HasherOptions = {}): OffThreadHasher
       let batched = 0;
       const send = () => {
         if (!batch.length) return;
-        // A chunk that shares its buffer with anything else is copied (rare: fetch gives each chunk its own).
-        const chunks = batch.map((c) => (c.byteOffset === 0 && c.byteLength === c.buffer.byteLength && c.buffer instanceof ArrayBuffer ? c : c.slice()));
-        post({ op: 'chunks', id, chunks }, chunks.map((c) => c.buffer as ArrayBuffer));
+        // (Rare: fetch gives each chunk its own buffer.)
+        const chunks = batch.map(ownBuffer);
+        post({ op: 'chunks', id, chunks }, chunks.map((c) => c.buffer));
         j.behind += batched;
         j.sent += batched;
         j.slot.held += batched;
@@ -220,4 +208,9 @@ export function createWorkerHasher(options: HasherOptions = {}): OffThreadHasher
       };
     },
   };
+}
+
+/** `bytes` as a view of a whole buffer of its own, to move: one that shares its buffer with anything else is copied. */
+function ownBuffer(bytes: Uint8Array): Uint8Array<ArrayBuffer> {
+  return bytes.byteOffset === 0 && bytes.byteLength === bytes.buffer.byteLength && bytes.buffer instanceof ArrayBuffer ? (bytes as Uint8Array<ArrayBuffer>) : bytes.slice();
 }

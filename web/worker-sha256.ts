@@ -5,8 +5,6 @@
  *
  * - `blob`: a Blob handle (a stored record or a download gathered into one; immutable): read here,
  *   into one reused buffer, and hashed.
- * - `read`: the same into a buffer of its own, which goes back with the digest (moved, not copied):
- *   the loader hands those verified bytes to the engine instead of the handle.
  * - `take`: bytes the loader read itself, moved here once the engine is done with them, hashed and
  *   moved back with the digest.
  * - `start` / `chunks` / `end`: a download as it streams, its chunks moved here (transferred, not
@@ -83,8 +81,6 @@ scope.addEventListener('message', (event) => {
       return hashInTurn(m.id, () => readInto(m.blob));
     case 'take':
       return hashInTurn(m.id, async () => m.bytes, true);
-    case 'read':
-      return hashInTurn(m.id, () => readBlobInto(m.blob, new Uint8Array(m.blob.size)), true);
     case 'start':
       streams.set(m.id, { size: m.size, buffer: null, filled: 0 });
       return;

@@ -52,8 +52,6 @@ export interface StreamHash {
  */
 export interface OffThreadHasher {
   blob(blob: Blob): Promise<Digest>;
-  /** The Blob's bytes, read and hashed by the hasher and handed back with their digest (not copied back). */
-  read?(blob: Blob): Promise<{ digest: Digest; bytes: Uint8Array }>;
   /**
    * Bytes this thread read and no longer uses, moved to the hasher, hashed there and handed back
    * with their digest (`bytes` is detached meanwhile); `reread` gives them again where the hasher died holding them.
@@ -103,9 +101,8 @@ export interface GetOptions {
    * fit in memory together (`downloadsAsHandles`, set by getBlobs against `inMemoryLoadBytes`): gathered
    * into a file on disk (`fileSink`) or a Blob, hashed from it and stored as it is, never whole in memory
    * here. Blobs that fit (`downloadsAsHandles` false) are downloaded as bytes — hashed as they stream
-   * and kept in the memory tier for the next load — and stored ones are handed out as bytes, not as
-   * their records: read here and hashed once the caller lets go of them (`movable`, with a hasher
-   * that can `take`), or else read once by the hasher (`read`) and handed out verified.
+   * and kept in the memory tier for the next load — and, with `movable` and a hasher that can `take`,
+   * stored ones are handed out as bytes read here, not as their records.
    */
   asHandle?: (ref: BlobRef) => boolean;
   downloadsAsHandles?: boolean;
@@ -191,10 +188,10 @@ export function createBlobSource(o: BlobSourceOptions) {
     let bytes: Uint8Array | null = null;
     // With a hasher and a store of handles, the hasher reads the same (immutable) Blob itself.
     let handle: Blob | null = null;
-    // Read here and handed on first, hashed by the hasher once the caller lets go of the bytes (`movable`).
-    const take = verifyLater && options.movable && hasher?.take && !store.verifiesReads && hasHandles(store) && (!asHandle || options.downloadsAsHandles === false) ? options.movable : null;
+    // Read here and handed on first, hashed by the hasher once the caller lets go of the bytes.
+    const movable = verifyLater && options.movable && hasher?.take && !store.verifiesReads && hasHandles(store) && (!asHandle || options.downloadsAsHandles === false) ? options.movable : null;
     try {
-      if (asHandle && hasHandles(store) && !take) {
+      if (asHandle && hasHandles(store) && !movable) {
         // Held from before the read: an eviction by this load's own writes must not pull the file from under the engine.
         const unhold = await store.hold?.(ref.digest);
         if (unhold) void settled(options.heldUntil).then(unhold);
@@ -209,7 +206,7 @@ export function createBlobSource(o: BlobSourceOptions) {
       warn(`blob ${ref.digest}: ${store.kind} read failed (${errorText(e)}); fetching it`);
       return null;
     }
-    const data = asHandle && !take ? handle : bytes;
+    const data = asHandle && !movable ? handle : bytes;
     if (!data) return null;
     const corrupt = async () => {
       warn(`blob ${ref.digest} in ${store.kind} is corrupt; fetching it again`);
@@ -220,33 +217,23 @@ export function createBlobSource(o: BlobSourceOptions) {
       return null;
     }
     progress.emit('verify', ref.digest, 0, ref.size);
-    // A load that fits in memory without `movable`: the record is read once, by the hasher, and verified
-    // before the engine sees a byte of it; the engine copies bytes in hand faster than it reads a Blob
-    // (test/bench/browser-load.ts, docs/architecture.md "Browser loading").
-    const read = handle && asHandle && !take && options.downloadsAsHandles === false && !store.verifiesReads ? hasher?.read : undefined;
     let found = bytes;
     // A store that verifies its own reads (DiskStore's stamp check) is not hashed twice.
     // Deferred, the hash waits for the call's other reads and for the caller's next step to start:
     // even off this thread it competes with them for the cores (on two, a warm load's reads took a
     // quarter longer when their hashes started beside them: test/bench/browser-load.ts).
     const hash = async () => {
-      if (take && (await take)(ref.digest)) {
+      // A load that fits in memory: the engine has copied the bytes (it copies bytes in hand faster
+      // than it reads a Blob), so they go to the hasher and back, one read and no copy
+      // (test/bench/browser-load.ts, docs/architecture.md "Browser loading").
+      if (movable && (await movable)(ref.digest)) {
         const got = await hasher!.take!(found!, async () => new Uint8Array(await handle!.arrayBuffer()));
-        found = got.bytes;
-        return got.digest;
-      }
-      if (read) {
-        const got = await read.call(hasher, handle!).catch((e: unknown) => {
-          warn(`blob ${ref.digest}: ${store.kind} read failed (${errorText(e)}); fetching it`);
-          throw e;
-        });
         found = got.bytes;
         return got.digest;
       }
       return handle && hasher ? hasher.blob(handle) : sha256(found ?? new Uint8Array(await handle!.arrayBuffer()));
     };
-    const later = verifyLater && !read;
-    const start = take ?? (later ? (options.hashAfter ?? VERIFIED) : VERIFIED);
+    const start = movable ?? (verifyLater ? (options.hashAfter ?? VERIFIED) : VERIFIED);
     const hashed = store.verifiesReads ? Promise.resolve(true) : start.then(hash).then((d) => d === ref.digest);
     const verified = hashed.then(async (ok) => {
       if (!ok) {
@@ -257,7 +244,7 @@ export function createBlobSource(o: BlobSourceOptions) {
       if (found) await memory.put(ref.digest, found);
       progress.blobDone(ref, 'store');
     });
-    if (!later) return verified.then(() => ({ data: read ? found! : data, verified: VERIFIED }), () => null);
+    if (!verifyLater) return verified.then(() => ({ data, verified: VERIFIED }), () => null);
     verified.catch(() => {}); // the caller may stop listening (an aborted load); the record is dropped either way
     return { data, verified };
   }
