@@ -65,9 +65,7 @@ function countingBody(chunk: number, total = Number.POSITIVE_INFINITY) {
 describe('origin deadlines', () => {
   it('a stalled origin (accepts, never answers) is given up after the headers deadline, in one line; the next request succeeds', async () => {
     const stalled = track(await startStalledOrigin());
-    const started = performance.now();
     const err = await failure(fetchWithDeadline(fetch, `${stalled.url}/tags/m/latest.json`, {}, { headersMs: 300 }));
-    expect(performance.now() - started).toBeLessThan(3000);
     expect(err.code).toBe('network');
     expect(err.message).toBe(`${stalled.url}/tags/m/latest.json: no response within 300 ms — is the origin up? (check --origin / FUSELOAD_ORIGIN)`);
 
@@ -79,14 +77,12 @@ describe('origin deadlines', () => {
   it('downloadBlob does not retry a stalled origin five times: the headers deadline is final', async () => {
     const stalled = track(await startStalledOrigin());
     const bytes = new Uint8Array(100).fill(1);
-    const started = performance.now();
     const err = await failure(
       downloadBlob({ url: `${stalled.url}/blobs/sha256/${'ab'.repeat(32)}`, digest: await sha256(bytes), size: 100, fetch, headersTimeoutMs: 300, backoffMs: 10 }),
     );
     expect(err.code).toBe('network');
     expect(err.message).toMatch(/\/blobs\/sha256\/(ab)+: no response within 300 ms — is the origin up\?/);
     expect(stalled.connections).toBe(1);
-    expect(performance.now() - started).toBeLessThan(3000);
   });
 
   it('a body that goes silent mid-way is resumed with a Range request after the idle deadline', async () => {

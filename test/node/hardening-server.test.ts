@@ -121,11 +121,9 @@ describe('fuseload serve: HTTP hygiene', () => {
 describe('fuseload serve: deadlines and gone clients free the slot', () => {
   it('a stalled origin: the request times out with 504, the slot is freed, the next request succeeds', async () => {
     await withServer({ limits: { concurrency: 1, queue: 1, generationTimeoutMs: 600 } }, async (server) => {
-      const started = performance.now();
       const stuck = await post(server.url, { model: 'stalled', width: 8, height: 8 });
       expect(stuck.status).toBe(504);
       expect(await errorOf(stuck)).toEqual({ error: 'timeout', message: 'generation: not finished within 0.6 s (serve --timeout); stopped' });
-      expect(performance.now() - started).toBeLessThan(5000);
       await expect.poll(async () => ((await (await fetch(`${server.url}/healthz`)).json()) as { queue: unknown }).queue).toEqual({ running: 0, waiting: 0 });
       const next = await post(server.url, { model: 'tiny', width: 8, height: 8 });
       expect(next.status).toBe(200);

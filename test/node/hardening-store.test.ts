@@ -141,9 +141,7 @@ describe('cross-process locks', () => {
 
     const warnings: string[] = [];
     const withLock = createFileLocks(root, { staleMs: 60_000, timeoutMs: 8000, warn: (m) => warnings.push(m) });
-    const started = performance.now();
     expect(await withLock('fuseload:blob:abc', async () => 'mine')).toBe('mine');
-    expect(performance.now() - started).toBeLessThan(5000);
     expect(warnings).toEqual([`lock fuseload_blob_abc: its holder (pid ${child.pid}) is gone; taking it over`]);
     expect((await readdir(join(root, 'locks'))).filter((n) => !n.startsWith('.'))).toEqual([]);
   });

@@ -116,9 +116,8 @@ describe('the npm package', () => {
     for (const command of ['build', 'publish', 'verify', 'serve', 'cache']) expect(help.stdout).toContain(command);
     const pkg = JSON.parse(await readFile(join(REPO_ROOT, 'package.json'), 'utf8')) as { version: string };
     expect((await run(bin, ['--version'], { cwd: consumer, env })).stdout.trim()).toBe(pkg.version);
-    // The target is 0.3 s on an idle machine; the bound here leaves room for a loaded CI box.
+    // Printed, not asserted: start-up time is a figure for the bench, not a pass/fail line here.
     process.stdout.write(`fuseload --help from the installed package: ${seconds.toFixed(2)} s\n`);
-    expect(seconds).toBeLessThan(3);
   });
 
   it('a Vite app imports fuseload/web, builds, and loads and runs the artifact in Chromium (main thread and worker)', async () => {

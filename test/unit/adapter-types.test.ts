@@ -210,30 +210,3 @@ describe('layouts', () => {
     }
   });
 });
-
-describe('performance', () => {
-  const rand = (n: number) => Float32Array.from({ length: n }, (_, i) => Math.sin(i * 12.9898) * 0.1);
-  const best = (fn: () => unknown) => {
-    let t = Infinity;
-    for (let i = 0; i < 5; i++) {
-      const start = performance.now();
-      fn();
-      t = Math.min(t, performance.now() - start);
-    }
-    return t;
-  };
-
-  it('builds a 1280×1280 rank-16 LoHa and LoKr delta well under 100 ms', () => {
-    const n = 1280;
-    const r = 16;
-    const loha = describeAdapter('m', {
-      hada_w1_a: { shape: [n, r], data: rand(n * r) },
-      hada_w1_b: { shape: [r, n], data: rand(n * r) },
-      hada_w2_a: { shape: [n, r], data: rand(n * r) },
-      hada_w2_b: { shape: [r, n], data: rand(n * r) },
-    });
-    const lokr = describeAdapter('m', { lokr_w1: { shape: [8, 8], data: rand(64) }, lokr_w2_a: { shape: [160, r], data: rand(160 * r) }, lokr_w2_b: { shape: [r, 160], data: rand(160 * r) } });
-    expect(best(() => adapterDelta(loha, [n, n]))).toBeLessThan(100);
-    expect(best(() => adapterDelta(lokr, [n, n]))).toBeLessThan(100);
-  });
-});
