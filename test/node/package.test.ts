@@ -109,15 +109,11 @@ describe('the npm package', () => {
 
   it('the installed `fuseload` bin runs the compiled CLI: --help and --version', async () => {
     const bin = join(consumer, 'node_modules', '.bin', 'fuseload');
-    const started = performance.now();
     const help = await run(bin, ['--help'], { cwd: consumer, env });
-    const seconds = (performance.now() - started) / 1000;
     expect(help.stdout).toMatch(/^Usage: fuseload /);
     for (const command of ['build', 'publish', 'verify', 'serve', 'cache']) expect(help.stdout).toContain(command);
     const pkg = JSON.parse(await readFile(join(REPO_ROOT, 'package.json'), 'utf8')) as { version: string };
     expect((await run(bin, ['--version'], { cwd: consumer, env })).stdout.trim()).toBe(pkg.version);
-    // Printed, not asserted: start-up time is a figure for the bench, not a pass/fail line here.
-    process.stdout.write(`fuseload --help from the installed package: ${seconds.toFixed(2)} s\n`);
   });
 
   it('a Vite app imports fuseload/web, builds, and loads and runs the artifact in Chromium (main thread and worker)', async () => {
