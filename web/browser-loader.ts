@@ -66,6 +66,8 @@ export interface BrowserLoaderOptions {
   hashInWorkers?: boolean;
   /** The engine (default onnxruntime-web's, `createOrtEngine({ wasmPaths })`); the worker wraps that one. */
   engine?: Engine;
+  /** Every request the loader makes goes through this (default the page's `fetch`): e.g. one that adds an auth header. */
+  fetch?: typeof fetch;
   /**
    * Downloads an engine reads as Blobs go into files of the Origin Private File System, which become
    * their IndexedDB records (default true; web/blob-files.ts): a cold load's shards are then in no
@@ -84,6 +86,7 @@ export function createBrowserLoader(options: BrowserLoaderOptions = {}): Browser
   const loader = createLoader({
     engine: options.engine ?? createOrtEngine({ wasmPaths: options.wasmPaths, warn: options.warn }),
     store,
+    fetch: options.fetch,
     withLock: withBlobLock,
     // IndexedDB writes compete with downloads and hashing for the same cores: write once the blobs are in.
     deferStoreWrites: true,
