@@ -31,6 +31,13 @@ export interface BlobStore {
   readonly verifiesReads?: boolean;
   /** The file holding the blob, `size` bytes, vouched for as `get` would; null when there is none. */
   locate?(digest: Digest, size: number): Promise<string | null>;
+  /**
+   * The fingerprint a tag (by its URL) named at the last load here, and its update: a hint, never an
+   * answer. Tags are always revalidated; the loader only starts reading what the hint names while the
+   * tag's request is out (docs/architecture.md, "Browser loading"). Null when there is none.
+   */
+  tagHint?(url: string): Promise<Digest | null>;
+  setTagHint?(url: string, fingerprint: Digest): Promise<void>;
 }
 
 /**

@@ -13,12 +13,15 @@
  * stored as that file: IndexedDB keeps it by reference, the `meta:` record names it, and it is
  * removed with the record.
  *
+ * A `tag:<url>` record keeps the fingerprint a tag named at the last load (`tagHint`): what the
+ * loader reads ahead while the tag revalidates, never what it loads without asking.
+ *
  * It does not vouch for its reads (no `verifiesReads`): IndexedDB has no modification stamp,
  * and any script of the origin or an extension can rewrite a record, so the loader re-hashes
  * every blob it reads from here.
  */
-import { createStore, delMany, get, promisifyRequest, setMany, type UseStore } from 'idb-keyval';
-import type { Digest } from '../common/digest.ts';
+import { createStore, delMany, get, promisifyRequest, set, setMany, type UseStore } from 'idb-keyval';
+import { type Digest, isDigest } from '../common/digest.ts';
 import { FuseloadError } from '../common/errors.ts';
 import type { BlobStore } from '../common/store.ts';
 import { BlobFiles, type FileSink } from './blob-files.ts';
@@ -56,6 +59,8 @@ interface BlobMeta {
 
 const BLOB = 'blob:';
 const META = 'meta:';
+/** `tag:<url>` → the fingerprint that tag named at the last load here (a hint: BlobStore.tagHint). */
+const TAG = 'tag:';
 /** How long reads' LRU times wait to be written together. */
 const TOUCH_DELAY_MS = 1000;
 
@@ -103,6 +108,15 @@ export class IdbStore implements BlobStore {
 
   async has(digest: Digest): Promise<boolean> {
     return (await get<BlobMeta>(META + digest, this.#db)) !== undefined;
+  }
+
+  async tagHint(url: string): Promise<Digest | null> {
+    const value = await get<unknown>(TAG + url, this.#db);
+    return isDigest(value) ? value : null;
+  }
+
+  async setTagHint(url: string, fingerprint: Digest): Promise<void> {
+    await set(TAG + url, fingerprint, this.#db);
   }
 
   async get(digest: Digest): Promise<Uint8Array | null> {

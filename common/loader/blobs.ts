@@ -164,6 +164,13 @@ export function createBlobSource(o: BlobSourceOptions) {
    * Opened when the load's blobs are all in memory and verified, when any load of this loader has
    * to wait for a lock, or after DEFER_WRITES_MAX_MS at most.
    */
+  /**
+   * Stored records read before a load knows it needs them (`readAhead`), by digest: taken (once) by
+   * the next `readStore` of that digest in place of its own read. Only the read moves earlier; the
+   * size check and the hash are the same as for any stored record.
+   */
+  const ahead = new Map<Digest, Promise<{ handle: Blob; bytes: Uint8Array } | null>>();
+
   function writeGate(): WriteGate {
     if (!o.deferStoreWrites) return { wait: Promise.resolve(), open: () => {} };
     let release!: () => void;
@@ -190,8 +197,15 @@ export function createBlobSource(o: BlobSourceOptions) {
     let handle: Blob | null = null;
     // Read here and handed on first, hashed by the hasher once the caller lets go of the bytes.
     const movable = verifyLater && options.movable && hasher?.take && !store.verifiesReads && hasHandles(store) && (!asHandle || options.downloadsAsHandles === false) ? options.movable : null;
+    const early = ahead.get(ref.digest);
+    ahead.delete(ref.digest);
     try {
-      if (asHandle && hasHandles(store) && !movable) {
+      const read = early && (await early);
+      if (read && !(asHandle && !movable)) {
+        // As its own read would have: the handle kept only where the hasher hashes from it.
+        if (verifyLater && hasher) handle = read.handle;
+        bytes = read.bytes;
+      } else if (asHandle && hasHandles(store) && !movable) {
         // Held from before the read: an eviction by this load's own writes must not pull the file from under the engine.
         const unhold = await store.hold?.(ref.digest);
         if (unhold) void settled(options.heldUntil).then(unhold);
@@ -426,12 +440,40 @@ export function createBlobSource(o: BlobSourceOptions) {
     return readBounded(response, maxBytes, shown, { signal });
   }
 
+  /**
+   * Starts reading the stored records of `refs` that memory does not hold, as a load that fits in
+   * memory reads them (its Blob handle, read whole), before the load has asked for them: the loader
+   * does it while a tag revalidates, for the manifest the tag last named (index.ts, `guess`). Nothing
+   * is used until a `readStore` takes it (and hashes it as ever); `drop` lets go of what none took,
+   * but those named in `keep`. Null where the records would not be read whole (a store without
+   * handles, one that vouches for its reads, no hasher that takes bytes, or a load past
+   * `inMemoryLoadBytes`): such a load reads nothing ahead.
+   */
+  async function readAhead(refs: BlobRef[]): Promise<((keep?: Set<Digest>) => void) | null> {
+    const inMemory = o.inMemoryLoadBytes ?? memory.budgetBytes;
+    if (!hasHandles(store) || store.verifiesReads || !hasher?.take || refs.reduce((n, r) => n + r.size, 0) > inMemory) return null;
+    const started = new Map<Digest, Promise<{ handle: Blob; bytes: Uint8Array } | null>>();
+    for (const ref of refs) {
+      if (ahead.has(ref.digest) || (await memory.has(ref.digest))) continue;
+      const read = store
+        .getBlob(ref.digest)
+        .then(async (handle) => (handle && handle.size === ref.size ? { handle, bytes: new Uint8Array(await handle.arrayBuffer()) } : null))
+        .catch(() => null);
+      ahead.set(ref.digest, read);
+      started.set(ref.digest, read);
+    }
+    return (keep) => {
+      for (const [digest, read] of started) if (!keep?.has(digest) && ahead.get(digest) === read) ahead.delete(digest);
+    };
+  }
+
   return {
     memory,
     store,
     getBlob,
     getBlobs,
     fetchSmall,
+    readAhead,
     /** A store write that goes on behind a load (a fetched manifest's): `flush` waits for it too. */
     behind(write: Promise<unknown>): void {
       pendingWrites.add(write);

@@ -14,7 +14,7 @@ import type { BlobStore, MemoryStore } from '../store.ts';
 import { createBlobSource, errorText, LateDigestMismatch, type OffThreadHasher } from './blobs.ts';
 import { READ_LIMITS } from './bounded-read.ts';
 import { throwIfAborted } from './download.ts';
-import { createOverlayRuntime, type OverlayLora, type OverlayPlan, overlayKey, resolveOverlays } from './overlay.ts';
+import { createOverlayRuntime, type OverlayLora, type OverlayPlan, overlayKey, type ResolvedOverlay, resolveOverlays } from './overlay.ts';
 import { Progress } from './progress.ts';
 import { createSession } from './sessions.ts';
 import { type BaseWeights, createSwitchRuntime, type LoraSwitchMode, type LoraWeights, type SwitchableComponent, switchableGraph } from './switch.ts';
@@ -157,7 +157,26 @@ export function createLoader(runtime: LoaderRuntime): Loader {
     const progress = new Progress(options.onProgress);
     throwIfAborted(signal, options.model);
 
-    const { fingerprint, manifest, fetched } = await resolveManifest(origin, options, progress);
+    const { fingerprint, manifest, fetched, remember, drop } = await resolveManifest(origin, options, progress);
+    try {
+      const pipeline = await loadResolved(origin, options, progress, overlays, fingerprint, manifest, fetched);
+      remember();
+      return pipeline;
+    } finally {
+      drop();
+    }
+  }
+
+  async function loadResolved(
+    origin: string,
+    options: LoadPipelineOptions,
+    progress: Progress,
+    overlays: ResolvedOverlay[],
+    fingerprint: Digest,
+    manifest: AnyManifest,
+    fetched: Uint8Array | null,
+  ): Promise<Pipeline> {
+    const { signal } = options;
     const view = pipelineView(manifest);
     // A fetched manifest is stored once the load's blobs are in hand (written earlier, under a byte
     // budget it could evict a stored blob this very load is about to read), and behind the load like
@@ -685,20 +704,83 @@ export function createLoader(runtime: LoaderRuntime): Loader {
     return { ...info, overlays: plan.applied, sources, bytesFetched, loraSwitch: counts };
   }
 
-  /** A manifest by fingerprint needs no network when memory or the store has it. */
+  /**
+   * The manifest to load, by fingerprint or by tag. A manifest by fingerprint needs no network when
+   * memory or the store has it. While a tag revalidates, what it named at the last load here is read
+   * ahead (`guess`) and used if the tag names it again. `remember` (after a load that worked) keeps
+   * what the tag named as the next load's hint; `drop` lets go of the reads ahead no load took.
+   */
   async function resolveManifest(origin: string, options: LoadPipelineOptions, progress: Progress) {
     let fingerprint: Digest;
+    let guessed: Promise<Guess | null> = Promise.resolve(null);
+    let tagUrl: string | null = null;
     if (options.fingerprint) {
       fingerprint = toDigest(options.fingerprint, 'fingerprint');
     } else {
       const tag = options.tag ?? 'latest';
       if (!isName(tag)) throw new FuseloadError('bad-input', `tag: "${tag}" is not a tag name`);
       const key = tagKey(options.model, tag);
+      tagUrl = `${origin}/${key}`;
       progress.emit('manifest', key, 0, 1);
-      // Tags are the only mutable objects: always revalidate, never trust a cached copy.
-      const bytes = await blobs.fetchSmall(`${origin}/${key}`, options.signal, 'no-cache', READ_LIMITS.tagBytes);
-      fingerprint = parseTag(bytes, key).manifest;
+      guessed = guess(tagUrl, options.model);
+      try {
+        // Tags are the only mutable objects: always revalidate, never trust a cached copy (the guess is only read ahead).
+        fingerprint = parseTag(await blobs.fetchSmall(tagUrl, options.signal, 'no-cache', READ_LIMITS.tagBytes), key).manifest;
+      } catch (e) {
+        void guessed.then((g) => g?.drop());
+        throw e;
+      }
     }
+    const g = await guessed;
+    const hinted = tagUrl;
+    const remember =
+      hinted && g?.fingerprint !== fingerprint && store.setTagHint
+        ? () => blobs.behind(store.setTagHint!(hinted, fingerprint).catch((e) => warn(`${hinted}: not remembered (${errorText(e)})`)))
+        : () => {};
+    const drop = g?.drop ?? (() => {});
+    const key = manifestKey(fingerprint);
+    if (g && g.fingerprint === fingerprint) {
+      progress.emit('manifest', key, 0, 1);
+      if (g.stored) await memory.put(fingerprint, g.bytes);
+      progress.emit('manifest', key, 1, 1);
+      return { fingerprint, manifest: g.manifest, fetched: null, remember, drop };
+    }
+    try {
+      const found = await manifestByFingerprint(fingerprint, origin, options, progress);
+      // The tag moved: reads ahead of blobs the new manifest names too are still the ones it needs.
+      if (g) drop(new Set(blobRefs(pipelineView(found.manifest)).map((r) => r.digest)));
+      return { ...found, remember, drop };
+    } catch (e) {
+      drop();
+      throw e;
+    }
+  }
+
+  /**
+   * While a tag revalidates: the manifest it named at the last load here (the store's `tagHint`),
+   * from memory or the store (checked against its fingerprint as ever), and the reads of its blobs
+   * begun (blobs.ts, `readAhead`). Null: no hint, or nothing of it here; the load then goes on as
+   * without it (a corrupt manifest is found and dropped there).
+   */
+  async function guess(url: string, model: string): Promise<Guess | null> {
+    try {
+      const fingerprint = await store.tagHint?.(url);
+      if (!fingerprint) return null;
+      const inMemory = await memory.get(fingerprint);
+      const bytes = inMemory ?? (await store.get(fingerprint));
+      if (!bytes) return null;
+      const manifest = await decodeManifest(bytes, manifestKey(fingerprint), fingerprint);
+      if (manifest.name !== model) return null;
+      // Sessions built from it are in hand (a load through this loader before): its blobs will not be read.
+      const built = [...pipelines.keys()].some((k) => k.startsWith(`${fingerprint}|`));
+      const drop = (!built && (await blobs.readAhead(blobRefs(pipelineView(manifest))))) || (() => {});
+      return { fingerprint, manifest, bytes, stored: !inMemory, drop };
+    } catch {
+      return null;
+    }
+  }
+
+  async function manifestByFingerprint(fingerprint: Digest, origin: string, options: LoadPipelineOptions, progress: Progress) {
     const key = manifestKey(fingerprint);
     progress.emit('manifest', key, 0, 1);
     for (const tier of [memory, store]) {
@@ -764,6 +846,21 @@ const bytesOf = (blobs: Map<Digest, Uint8Array | Blob>, digest: Digest): Uint8Ar
 function shardBytes(data: Uint8Array | Blob | undefined): Promise<Uint8Array> | undefined {
   if (data === undefined) return undefined;
   return data instanceof Blob ? data.arrayBuffer().then((b) => new Uint8Array(b)) : Promise.resolve(data);
+}
+
+/** What a load of the pipeline reads: every component's graph and shards, and the assets, each once. */
+function blobRefs(view: PipelineManifest): BlobRef[] {
+  return unique([...componentEntries(view).flatMap(([, c]) => [c.graph, ...c.shards]), ...Object.values(view.assets)]);
+}
+
+/** resolveManifest's read ahead: the manifest a tag named last time, and the reads of its blobs under way. */
+interface Guess {
+  fingerprint: Digest;
+  manifest: AnyManifest;
+  bytes: Uint8Array;
+  /** Read from the store (not memory): put in memory when used, as a stored manifest is. */
+  stored: boolean;
+  drop: (keep?: Set<Digest>) => void;
 }
 
 function unique(refs: BlobRef[]): BlobRef[] {

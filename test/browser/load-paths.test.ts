@@ -9,12 +9,16 @@
  * before any output (beside the session: that session is released, the shard fetched again, and
  * the output is the untampered one); a graph is hashed before the engine parses it.
  */
-import { rm } from 'node:fs/promises';
+import { cp, mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import type { Browser, Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
+import { tagKey } from '../../common/keys.ts';
 import { type SampleArtifact, sampleArtifact } from '../support/artifact.ts';
 import { launchChromium } from '../support/chromium.ts';
 import { type Origin, startOrigin } from '../support/origin.ts';
+import { writeTag } from '../support/tag.ts';
 import { buildPages, openHarness } from '../support/web-pages.ts';
 import type { HarnessLoad, HarnessResult } from './harness/harness.ts';
 
@@ -146,6 +150,49 @@ describe('browser load paths', () => {
     expect(again.output).toEqual(cold.output);
     expect(warm.output).toEqual(cold.output);
     await page.context().close();
+  });
+
+  test('a load by tag reads what the tag named last time while the tag revalidates; a tag that moved loads what it names now, and the hint follows it', async () => {
+    // One origin with two builds of the model (other shard sizes: other blobs), its tag naming the first.
+    const other = await sampleArtifact({ shardSize: 8 * 1024 });
+    expect(other.fingerprint).not.toBe(artifact.fingerprint);
+    const dir = await mkdtemp(join(tmpdir(), 'fuseload-moved-tag-'));
+    await cp(artifact.dir, dir, { recursive: true });
+    await cp(other.dir, dir, { recursive: true });
+    await writeTag(dir, artifact.name, artifact.fingerprint, artifact.tag);
+    const served = await startOrigin({ root: dir });
+    const tagUrl = `${served.url}/${tagKey(artifact.name, artifact.tag)}`;
+    const digests = (a: SampleArtifact) => a.blobs.map((b) => b.digest);
+    try {
+      const page = await openPage();
+      const cold = await load(page, { origin: served.url, holdTagUntilRead: digests(artifact) });
+      // Nothing to go on yet: the tag answered (after the hold's second) before any read.
+      expect(cold.tagHeld).toEqual({ readFirst: false });
+      expect(await page.evaluate((u) => window.harness.tagHint(u), tagUrl)).toBe(artifact.fingerprint);
+
+      const warm = await load(page, { origin: served.url, holdTagUntilRead: digests(artifact) });
+      expect(warm.tagHeld).toEqual({ readFirst: true });
+      expect(Object.values(warm.info.sources)).toEqual(artifact.blobs.map(() => 'store'));
+      expect(warm.warnings).toEqual([]);
+      expect(warm.output).toEqual(cold.output);
+
+      // Published again: the reads ahead of the old build are let go, the new one is loaded and remembered.
+      await writeTag(dir, artifact.name, other.fingerprint, artifact.tag);
+      served.reset();
+      const moved = await load(page, { origin: served.url });
+      expect(moved.info.fingerprint).toBe(other.fingerprint);
+      for (const b of other.blobs) if (!digests(artifact).includes(b.digest)) expect(moved.info.sources[b.digest]).toBe('network');
+      expect(moved.output).toEqual(cold.output);
+      expect(await page.evaluate((u) => window.harness.tagHint(u), tagUrl)).toBe(other.fingerprint);
+      const again = await load(page, { origin: served.url, holdTagUntilRead: digests(other) });
+      expect(again.tagHeld).toEqual({ readFirst: true });
+      expect(again.info.fingerprint).toBe(other.fingerprint);
+      expect(Object.values(again.info.sources)).toEqual(other.blobs.map(() => 'store'));
+      await page.context().close();
+    } finally {
+      await served.close();
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 
   test('a file let go while the browser still holds it locked is removed once the lock goes, not left behind', async () => {

@@ -395,6 +395,33 @@ describe('createLoader', () => {
     expect(origin.requests).toHaveLength(0);
   });
 
+  test("a store's tag hint is only a hint: one naming a manifest not here, or a tag that is gone, loads or fails as without it", async () => {
+    // IdbStore keeps hints in IndexedDB (test/browser/load-paths.test.ts reads ahead by them); here, a Map.
+    class HintingStore extends MemoryStore {
+      readonly hints = new Map<string, Digest>();
+      async tagHint(url: string) {
+        return this.hints.get(url) ?? null;
+      }
+      async setTagHint(url: string, fingerprint: Digest) {
+        this.hints.set(url, fingerprint);
+      }
+    }
+    const store = new HintingStore();
+    const tagUrl = `${origin.url}/tags/${artifact.name}/${artifact.tag}.json`;
+    const stale = `sha256:${'0'.repeat(64)}` as Digest;
+    store.hints.set(tagUrl, stale);
+    const { loader: l, warnings } = loader({ store });
+    const p = await l.loadPipeline(opts({ device: 'cpu' }));
+    await l.flush();
+    expect(p.info.fingerprint).toBe(artifact.fingerprint);
+    expect(warnings).toEqual([]);
+    expect(store.hints.get(tagUrl)).toBe(artifact.fingerprint);
+    await p.dispose();
+    // The hint names a stored manifest, but the tag is not there: the tag's answer is the load's.
+    store.hints.set(`${origin.url}/tags/${artifact.name}/nope.json`, artifact.fingerprint);
+    await expect(loader({ store }).loader.loadPipeline(opts({ tag: 'nope' }))).rejects.toThrow(new RegExp(`^${origin.url}/tags/sample/nope\\.json: HTTP 404$`));
+  });
+
   test('bad inputs fail in one line naming the input', async () => {
     await expect(loader().loader.loadPipeline(opts({ origin: 'not a url' }))).rejects.toThrow(/^origin: "not a url" is not an absolute URL$/);
     await expect(loader().loader.loadPipeline(opts({ model: '../x' }))).rejects.toThrow(/model: "\.\.\/x" is not a model name/);

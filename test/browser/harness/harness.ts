@@ -41,6 +41,11 @@ export interface HarnessLoad {
   hashInWorkers?: boolean;
   /** Diagnostics: when each (phase, file) was first and last reported, in ms from the call (`result.timeline`). */
   timeline?: boolean;
+  /**
+   * Holds the tag's response back until the loader has begun reading every one of these blobs from
+   * IndexedDB, or for a second (`result.tagHeld`: whether they were all begun first).
+   */
+  holdTagUntilRead?: string[];
   /** onnxruntime-web's build (default: the engine's own choice, JSPI where the browser has it). */
   ortBuild?: OrtBuild;
   /** False: downloads the engine reads as Blobs are gathered in memory, not in OPFS files (BrowserLoaderOptions.filesOnDisk). */
@@ -116,6 +121,8 @@ export interface HarnessResult {
     stallSafeStreams: number;
   };
   events: ProgressEvent[];
+  /** With `holdTagUntilRead`: whether every blob named was being read from IndexedDB before the tag answered. */
+  tagHeld?: { readFirst: boolean };
   /** With `timeline`: `<phase> <file prefix>` → [first, last] ms from the call. */
   timeline?: Record<string, [number, number]>;
   warnings: string[];
@@ -163,10 +170,40 @@ function loaderFor(options: HarnessLoad): Loader {
   if (options.memoryStore) {
     return createLoader({ engine: createOrtEngine(), store: new MemoryStore(), concurrency: options.concurrency, warn, overlayOrtMinElements: options.overlayOrtMinElements });
   }
-  const make = () => createBrowserLoader({ budgetBytes: options.budgetBytes, concurrency: options.concurrency, hashInWorkers: options.hashInWorkers, filesOnDisk: options.filesOnDisk, memoryBudgetBytes: options.memoryBudgetBytes, inMemoryLoadBytes: options.inMemoryLoadBytes, warn, engine: recordingEngine(options.ortBuild) });
+  const make = (fetch?: typeof globalThis.fetch) =>
+    createBrowserLoader({ budgetBytes: options.budgetBytes, concurrency: options.concurrency, hashInWorkers: options.hashInWorkers, filesOnDisk: options.filesOnDisk, memoryBudgetBytes: options.memoryBudgetBytes, inMemoryLoadBytes: options.inMemoryLoadBytes, warn, engine: recordingEngine(options.ortBuild), fetch });
+  if (options.holdTagUntilRead) return tagHolding(make, options.holdTagUntilRead);
   if (!options.reuse) return make();
   shared ??= make();
   return shared;
+}
+
+/** What the last load with `holdTagUntilRead` saw. */
+let tagHeld: HarnessResult['tagHeld'];
+
+/**
+ * A loader whose requests for tags wait until it has asked IndexedDB for every blob in `digests`
+ * (its store's `getBlob`, watched), or a second: what was read before the tag answered.
+ */
+function tagHolding(make: (fetch: typeof globalThis.fetch) => ReturnType<typeof createBrowserLoader>, digests: string[]): Loader {
+  const waiting = new Set(digests);
+  let allBegun!: () => void;
+  const begun = new Promise<void>((resolve) => (allBegun = resolve));
+  tagHeld = undefined;
+  const loader = make(async (input, init) => {
+    if (String(input instanceof Request ? input.url : input).includes('/tags/')) {
+      const readFirst = await Promise.race([begun.then(() => true), new Promise<boolean>((r) => setTimeout(() => r(false), 1000))]);
+      tagHeld = { readFirst };
+    }
+    return fetch(input, init);
+  });
+  const getBlob = loader.store.getBlob.bind(loader.store);
+  loader.store.getBlob = (digest) => {
+    waiting.delete(digest);
+    if (waiting.size === 0) allBegun();
+    return getBlob(digest);
+  };
+  return loader;
 }
 
 async function load(options: HarnessLoad): Promise<HarnessResult> {
@@ -268,6 +305,7 @@ async function load(options: HarnessLoad): Promise<HarnessResult> {
       ...(engineSeen ? { engine: engineSeen } : {}),
       events: options.keepEvents === false ? [] : events,
       ...(options.timeline ? { timeline } : {}),
+      ...(options.holdTagUntilRead ? { tagHeld } : {}),
       warnings: [...warnings],
       ms,
       blobsReadyMs,
@@ -448,6 +486,10 @@ const harness = {
     const copy = bytes.slice();
     copy[copy.length >> 1] ^= 0xff;
     await set(`blob:${digest}`, asBytes ? copy : new Blob([copy]), db);
+  },
+  /** The fingerprint IndexedDB keeps as the hint for a tag's URL (IdbStore.tagHint), or null. */
+  async tagHint(url: string): Promise<string | null> {
+    return createBrowserLoader().store.tagHint(url);
   },
   /** What each blob's IndexedDB record holds: 'Blob', 'Uint8Array', … or 'missing'. */
   async recordKinds(digests: string[]): Promise<string[]> {
