@@ -8,9 +8,10 @@
  * bytes go on as soon as they are in, with a `verified` promise, and the caller must not let
  * anything built from them produce output until it resolves (the loader builds sessions from
  * weight shards meanwhile, and the pipeline's runs wait for it: index.ts, `handle`). Stored bytes are hashed once
- * every blob of the call is read (the reads keep the cores to themselves), downloads as they
- * stream (where the runtime hashes off this thread, `hasher`) or once each is in; nothing is put in
- * memory or the store before its check. A mismatch drops what was stored and rejects with
+ * every blob of the call is read (the reads keep the cores to themselves); downloads as they
+ * stream where the runtime hashes off this thread (`hasher`), or once each is in; and, with
+ * `movable`, stored records read here and downloads that fit in memory once the caller's sessions
+ * are built, moved to the hasher and back. Nothing is put in memory or the store before its check. A mismatch drops what was stored and rejects with
  * `LateDigestMismatch`; the next read fetches the blob again.
  */
 import pLimit from 'p-limit';
@@ -100,9 +101,9 @@ export interface GetOptions {
    * (hashed by the hasher, which reads it itself). Downloads are handles too when these blobs do not
    * fit in memory together (`downloadsAsHandles`, set by getBlobs against `inMemoryLoadBytes`): gathered
    * into a file on disk (`fileSink`) or a Blob, hashed from it and stored as it is, never whole in memory
-   * here. Blobs that fit (`downloadsAsHandles` false) are downloaded as bytes — hashed as they stream
-   * and kept in the memory tier for the next load — and, with `movable` and a hasher that can `take`,
-   * stored ones are handed out as bytes read here, not as their records.
+   * here. Blobs that fit (`downloadsAsHandles` false) are downloaded as bytes and kept in the memory
+   * tier for the next load, and, with `movable` and a hasher that can `take`, stored ones are handed
+   * out as bytes read here, not as their records.
    */
   asHandle?: (ref: BlobRef) => boolean;
   downloadsAsHandles?: boolean;
@@ -112,11 +113,12 @@ export interface GetOptions {
   hashAfter?: Promise<void>;
   /**
    * With verifyLater, where the hasher can `take`: stored records are read here as bytes (a load that
-   * fits in memory reads its handles too) and handed on before they are hashed; once this settles
-   * (the caller's sessions are built: the engine has copied the bytes) those it allows are moved to
-   * the hasher, hashed there and moved back for the memory tier, and the rest are hashed from their
-   * record. One read, no copy, and the engine gets the bytes as fast as a raw read
-   * (test/bench/browser-load.ts, docs/architecture.md "Browser loading").
+   * fits in memory reads its handles too), and downloads that fit in memory are not hashed as they
+   * stream; both are handed on before they are hashed. Once this settles (the caller's sessions are
+   * built: the engine has copied the bytes) those it allows are moved to the hasher, hashed there and
+   * moved back for the memory tier (and the store); the rest are hashed from their record, or here.
+   * One read, no copy: the engine gets stored bytes as fast as a raw read, and downloads faster than
+   * a bare fetch (test/bench/browser-load.ts, docs/architecture.md "Browser loading").
    */
   movable?: Promise<(digest: Digest) => boolean>;
 }
@@ -320,6 +322,19 @@ export function createBlobSource(o: BlobSourceOptions) {
                 onVerify: () => progress.emit('verify', ref.digest, 0, ref.size),
                 deferVerify,
               };
+              // A download that fits in memory, where the hasher can take bytes: handed on as soon as it
+              // is in, and hashed once the caller's sessions are built, moved to the hasher and back, as
+              // a stored record read here is (`movable`). Hashed as it streamed instead, its chunks cost
+              // a copy each in the hasher and a hash beside the other downloads, on the cores a download
+              // over loopback keeps busy (test/bench/browser-load.ts, docs/architecture.md "Browser loading").
+              const movable = deferVerify && !downloadAsHandle && hasher?.take ? options.movable : undefined;
+              let movedBack: Uint8Array | null = null;
+              const hashBytes = async (bytes: Uint8Array) => {
+                if (!(await movable!)(ref.digest)) return sha256(bytes);
+                const got = await hasher!.take!(bytes, () => Promise.reject(new Error(`blob ${ref.digest}: the hashing worker failed holding it`)));
+                movedBack = got.bytes;
+                return got.digest;
+              };
               // As a handle, the bytes are gathered into a Blob as they come and hashed from it: no
               // shard-sized buffer here, and none left for the garbage collector.
               const download = downloadAsHandle
@@ -328,7 +343,7 @@ export function createBlobSource(o: BlobSourceOptions) {
                     ...(hasher ? { hashBlob: (blob: Blob) => hasher.blob(blob) } : {}),
                     sink: async (size: number) => (await (store as HandleStore).fileSink?.(ref.digest, size)) ?? memoryBlobSink(size),
                   })
-                : await downloadBlob({ ...common, ...(hasher ? { stream: (size: number) => hasher.stream(size) } : {}) });
+                : await downloadBlob({ ...common, ...(movable ? { hashBytes } : hasher ? { stream: (size: number) => hasher.stream(size) } : {}) });
               // A downloaded file is let go once it is stored (or could not be) and the caller is done reading it.
               if ('release' in download) void settled(task).then(() => settled(options.heldUntil)).then(download.release);
               const { bytesFetched } = download;
@@ -336,11 +351,13 @@ export function createBlobSource(o: BlobSourceOptions) {
                 throw new LateDigestMismatch(ref.digest, (e as Error).message, { cause: e });
               });
               verified.catch(() => {});
-              const data = 'blob' in download ? download.blob : download.bytes;
-              const bytes = data instanceof Uint8Array ? data : null;
+              const downloaded = 'blob' in download ? download.blob : download.bytes;
               // Deferred: the bytes go on now; the lock is held until they are verified, then stored.
-              if (deferVerify) resolve({ data, source: 'network', bytesFetched, verified });
+              if (deferVerify) resolve({ data: downloaded, source: 'network', bytesFetched, verified });
               await verified;
+              // Hashed by the hasher, they came back in a buffer of their own (the handed-on one is detached).
+              const data = movedBack ?? downloaded;
+              const bytes = data instanceof Uint8Array ? data : null;
               progress.emit('verify', ref.digest, ref.size, ref.size);
               if (bytes) await memory.put(ref.digest, bytes);
               progress.emit('store', ref.digest, 0, ref.size);

@@ -5,15 +5,15 @@
  * baselines measured in that round beside it (their order alternates between rounds); the
  * median and the spread over the rounds are printed. `BENCH_RUNS` rounds (default 7).
  *
- *   cold_ratio            = cold loadPipeline until its blobs are fetched and handed to the engine (hashed as they
- *                           stream; no run before they match), IndexedDB writes going on behind it / bare fetch
- *                           of the same bytes (target ≤ 1.0)
+ *   cold_ratio            = cold loadPipeline until its blobs are fetched and handed to the engine (hashed once the
+ *                           session is built; no run before they match), IndexedDB writes going on behind it / bare
+ *                           fetch of the same bytes (target ≤ 1.0)
  *   cold_link_ratio       = the same, both from an origin that sends at most `BENCH_GBIT` Gbit/s (default 1)
  *                           over all its responses: a network link (target ≤ 1.0). On loopback the bare fetch
  *                           alone keeps about 1.6 of this machine's 2 cores busy (the origin, Chromium's network
  *                           service and renderer), and Chromium's SHA-256 (WebCrypto, ~700 MB/s here, run on the
- *                           calling thread) needs another half of its wall time in CPU, so `cold_ratio` measures
- *                           the cores; over a link the CPU waits on the network
+ *                           calling thread) needs another half of its wall time in CPU, so a load that hashed as
+ *                           it downloaded measured the cores; over a link the CPU waits on the network
  *   warm_ratio            = warm loadPipeline until the stored shards are read and handed to the engine (their
  *                           digests checked behind it; no run before they match) / a raw IndexedDB read of the
  *                           same records, nothing verified (target ≤ 1.15)
@@ -24,9 +24,9 @@
  *                           same session (target ≤ 1.0)
  *
  * These 280 MiB fit in memory (web/browser-loader.ts, `inMemoryLoadBytes`: an eighth of the device's
- * memory), so the load works as the peers do: downloads come as bytes, hashed as they stream, and
- * stored shards are read once, on the loader's thread, and handed to onnxruntime-web as bytes, then
- * moved to the hashing workers once the session is built (runs wait for the digests). A load past it (an SD-sized pipeline, test/bench/browser-large.ts) writes downloads into
+ * memory), so the load works as the peers do: downloads come as bytes, and stored shards are read
+ * once, on the loader's thread; both are handed to onnxruntime-web as bytes, then moved to the
+ * hashing workers once the session is built (runs wait for the digests). A load past it (an SD-sized pipeline, test/bench/browser-large.ts) writes downloads into
  * files on disk and hands the engine Blob handles, which its JSPI build reads while it builds the
  * session; the `*_on_disk` columns measure that path on the same bytes.
  *

@@ -1,8 +1,8 @@
 /**
  * The browser's byte paths in real Chromium (docs/architecture.md, "Browser loading"): blobs are
  * stored as Blob records (the older Uint8Array records still read). Weights that fit in memory
- * (`inMemoryLoadBytes`) are downloaded as bytes, and read from IndexedDB by the hashing workers,
- * verified, and handed to onnxruntime-web as bytes. Past it, onnxruntime-web's JSPI build (the
+ * (`inMemoryLoadBytes`) are downloaded as bytes or read from IndexedDB as bytes, handed to
+ * onnxruntime-web as they are in, and hashed in the workers once the session is built. Past it, onnxruntime-web's JSPI build (the
  * default where Chromium has JSPI) is handed the shards as Blobs — downloads written to OPFS files
  * that become their records, stored records as they are — never as bytes in JavaScript, and stored
  * shards are hashed while their session is built from them. Either way a tampered one is caught
@@ -236,6 +236,26 @@ describe('browser load paths', () => {
       });
     }
   }
+
+  test('a shard corrupted in transit goes to ORT as it arrives and is hashed once the session is built: caught before any output, fetched again', async () => {
+    const page = await openPage();
+    const victim = artifact.manifest.shards[1].digest;
+    origin.reset();
+    origin.corrupt(artifact.blobPath(victim));
+    const r = await load(page);
+    const attempts = sessionAttempts(r);
+    // A session was built from the bytes as they came, released unrun once they hashed wrong, and built again.
+    expect(attempts.map((e) => e.file)).toEqual([artifact.manifest.graph.digest, artifact.manifest.graph.digest]);
+    expect(r.engine!.externalData[0]).toEqual(artifact.manifest.shards.map(() => 'Uint8Array'));
+    expect(origin.gets(artifact.blobPath(victim))).toBe(2);
+    expect(r.info.sources[victim]).toBe('network');
+    // Only the good bytes were stored: the next load reads every blob from IndexedDB, with the same output.
+    const again = await load(page);
+    expect(Object.values(again.info.sources)).toEqual(artifact.blobs.map(() => 'store'));
+    expect(again.warnings).toEqual([]);
+    expect(r.output).toEqual(again.output);
+    await page.context().close();
+  });
 
   test('a tampered graph is caught before the engine parses it: one session, from the refetched graph', async () => {
     const page = await openPage();

@@ -2,7 +2,7 @@
  * A local artifact origin over node:http for tests: serves a directory (an artifact's
  * `blobs/`, `manifests/`, `tags/`, and any page files) with strong ETags, single Range
  * requests, If-Range and CORS, and records every request so tests can count what crossed
- * the network. Faults can be injected per path (cut a body after N bytes, fail with a status).
+ * the network. Faults can be injected per path (cut a body after N bytes, flip a byte, fail with a status).
  *
  *   const origin = await startOrigin({ root: artifactDir });
  *   await fetch(`${origin.url}/blobs/sha256/<hex>`);
@@ -58,6 +58,8 @@ export interface Origin {
   cutAfter(path: string, afterBytes: number, times?: number): void;
   /** The next `times` GETs of `path` send `afterBytes` of the body, then hold the connection open until the client gives up. */
   stallAfter(path: string, afterBytes: number, times?: number): void;
+  /** The next `times` GETs of `path` send the whole body with its first byte flipped: bytes corrupted in transit. */
+  corrupt(path: string, times?: number): void;
   /** The next `times` GETs of `path` answer `status` with an empty body. */
   failWith(path: string, status: number, times?: number): void;
   close(): Promise<void>;
@@ -78,6 +80,7 @@ const HEX_NAME = /^[0-9a-f]{64}$/;
 export async function startOrigin(options: OriginOptions): Promise<Origin> {
   const requests: OriginRequest[] = [];
   const cuts = new Map<string, { afterBytes: number; times: number; stall: boolean }>();
+  const corruptions = new Map<string, number>();
   const failures = new Map<string, { status: number; times: number }>();
   const mounts = Object.entries(options.mounts ?? {}).sort((a, b) => b[0].length - a[0].length);
   const etags = new Map<string, string>();
@@ -157,10 +160,18 @@ export async function startOrigin(options: OriginOptions): Promise<Origin> {
     const cut = req.method === 'GET' ? cuts.get(record.path) : undefined;
     const active = cut && cut.times > 0 ? (cut.times--, cut) : undefined;
     const limit = active ? active.afterBytes : Number.POSITIVE_INFINITY;
+    const flips = req.method === 'GET' ? (corruptions.get(record.path) ?? 0) : 0;
+    if (flips > 0) corruptions.set(record.path, flips - 1);
+    let first = flips > 0;
     await new Promise<void>((resolve) => {
       const stream = createReadStream(file, { start, end: endByte });
       stream.on('data', (chunk) => {
-        const buf = chunk as Buffer;
+        let buf = chunk as Buffer;
+        if (first && buf.byteLength > 0) {
+          buf = Buffer.from(buf);
+          buf[0] ^= 0xff;
+          first = false;
+        }
         const room = limit - record.bytes;
         if (room <= 0) return;
         const part = buf.byteLength > room ? buf.subarray(0, room) : buf;
@@ -229,6 +240,7 @@ export async function startOrigin(options: OriginOptions): Promise<Origin> {
     bytesServed: (path) => requests.filter(match(path)).reduce((n, r) => n + r.bytes, 0),
     reset: () => void requests.splice(0),
     cutAfter: (path, afterBytes, times = 1) => void cuts.set(path, { afterBytes, times, stall: false }),
+    corrupt: (path, times = 1) => void corruptions.set(path, times),
     stallAfter: (path, afterBytes, times = 1) => void cuts.set(path, { afterBytes, times, stall: true }),
     failWith: (path, status, times = 1) => void failures.set(path, { status, times }),
     close: () =>
