@@ -256,6 +256,7 @@ async function download<T>(
   let rangeRequests = 0;
   let mismatches = 0;
   let lastError: unknown;
+  let byobStalled = false;
 
   for (let attempt = 0; attempt <= retries; attempt++) {
     throwIfAborted(signal, shown);
@@ -305,7 +306,7 @@ async function download<T>(
       }
       if (!response.body) throw new RetryableError(`${shown}: response has no body`);
       // A streaming hasher takes each chunk's buffer; without one, every chunk is copied out before the next read.
-      await readBody(response.body, shown, options.idleTimeoutMs ?? DEFAULT_IDLE_MS, signal, !hashing, (value) => {
+      await readBody(response.body, shown, options.idleTimeoutMs ?? DEFAULT_IDLE_MS, signal, !hashing && !byobStalled, (value) => {
         if (received + value.byteLength > size) {
           throw new FuseloadError('digest-mismatch', `${shown}: more than the ${size} bytes the manifest names`);
         }
@@ -343,6 +344,7 @@ async function download<T>(
       }
       return { data, bytesFetched, rangeRequests, verified: Promise.resolve() };
     } catch (e) {
+      if (e instanceof ByobStall) byobStalled = true;
       const final = signal?.aborted || (isFuseloadError(e) && !isTransient(e));
       if (final) hashing?.abandon();
       if (signal?.aborted) throw abortError(shown, signal);
@@ -359,6 +361,11 @@ async function download<T>(
 
 /** A BYOB read asks for at most this many bytes at a time, into one buffer reused for the whole body. */
 const READ_BYTES = 1 << 20;
+/** A BYOB read that brings nothing for this long is given up; the download resumes with a default reader. */
+export const BYOB_STALL_MS = 3000;
+
+/** A BYOB read that brought nothing for BYOB_STALL_MS: resumed (transient), and not read BYOB again. */
+class ByobStall extends RetryableError {}
 
 /**
  * A body, chunk by chunk, into `onChunk` (awaited when it returns a promise), with the same
@@ -373,6 +380,9 @@ const READ_BYTES = 1 << 20;
  * bench machine): on loopback, 6 bodies read this way into their buffers took 0.8 of `arrayBuffer()`,
  * read with the default reader 1.0. Only that buffer can go with a read that fails (a BYOB read
  * gives its buffer to the stream); what was copied out stays, so the download still resumes.
+ * Chromium's BYOB reads now and then never settle (web/blob-reads.ts, for Blob streams): a BYOB read
+ * that brings nothing for BYOB_STALL_MS is given up (`ByobStall`), and the download resumes from
+ * the bytes it has with a default reader.
  */
 async function readBody(
   body: ReadableStream<Uint8Array>,
@@ -395,12 +405,20 @@ async function readBody(
   let failure: Error | null = null;
   let done = false;
   let last = Date.now();
+  // A hung BYOB read settles on nothing, not even a cancel: it is raced against this, one promise per body.
+  let wake!: () => void;
+  const stopped = new Promise<null>((resolve) => (wake = () => resolve(null)));
   const stop = (e: Error) => {
     failure ??= e;
+    wake();
     reader.cancel().catch(() => {}); // a pending read() ends (done), and the connection is dropped
   };
   const silent = () => new RetryableError(`${shown}: no data for ${idleMs >= 1000 ? `${Math.round(idleMs / 100) / 10} s` : `${idleMs} ms`} in the middle of the body — is the origin up? (check --origin / FUSELOAD_ORIGIN)`);
-  const watchdog = setInterval(() => void (Date.now() - last >= idleMs && stop(silent())), Math.max(10, Math.min(1000, idleMs / 4)));
+  const stallMs = byob ? Math.min(idleMs, BYOB_STALL_MS) : idleMs;
+  const watchdog = setInterval(() => {
+    if (Date.now() - last < stallMs) return;
+    stop(byob && stallMs < idleMs ? new ByobStall(`${shown}: a read brought nothing for ${stallMs} ms`) : silent());
+  }, Math.max(10, Math.min(1000, stallMs / 4)));
   const onAbort = () => stop(abortError(shown, signal!));
   signal?.addEventListener('abort', onAbort, { once: true });
   try {
@@ -409,7 +427,9 @@ async function readBody(
       let result: ReadableStreamReadResult<Uint8Array>;
       try {
         if (byob) {
-          result = await byob.read(new Uint8Array(space));
+          const read = await Promise.race([byob.read(new Uint8Array(space)), stopped]);
+          if (!read) throw failure;
+          result = read;
           // The buffer comes back with the bytes (moved: its old handle is detached), and with `done`.
           if (result.value) space = result.value.buffer as ArrayBuffer;
         } else {
@@ -436,7 +456,11 @@ async function readBody(
     clearInterval(watchdog);
     signal?.removeEventListener('abort', onAbort);
     if (!done) reader.cancel().catch(() => {});
-    reader.releaseLock();
+    try {
+      reader.releaseLock();
+    } catch {
+      // a read still pending (a BYOB read that hung): the stream is cancelled, nothing more to free
+    }
   }
 }
 

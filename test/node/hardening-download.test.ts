@@ -3,7 +3,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { sha256 } from '../../common/digest.ts';
 import { isFuseloadError } from '../../common/errors.ts';
 import { fetchWithDeadline, READ_LIMITS, readBounded, streamChunks } from '../../common/loader/bounded-read.ts';
-import { downloadAsBlob, downloadBlob, memoryBlobSink } from '../../common/loader/download.ts';
+import { BYOB_STALL_MS, downloadAsBlob, downloadBlob, memoryBlobSink } from '../../common/loader/download.ts';
 import { startHttpOrigin, startStalledOrigin, type TestServer } from '../support/stalled-origin.ts';
 
 const servers: TestServer[] = [];
@@ -95,6 +95,20 @@ describe('origin deadlines', () => {
     expect(result.rangeRequests).toBe(1);
     expect(ranges).toEqual([undefined, 'bytes=1000-']);
   });
+
+  it('a BYOB read that brings nothing is given up after BYOB_STALL_MS, long before the idle deadline, and the download resumes from its bytes', async () => {
+    // Node's fetch bodies are byte streams, as Chromium's are: downloadBlob reads them BYOB.
+    expect(() => new Response('x').body!.getReader({ mode: 'byob' })).not.toThrow();
+    const bytes = new Uint8Array(64 * 1024).map((_, i) => (i * 7) & 0xff);
+    const digest = await sha256(bytes);
+    const { origin, ranges } = await resumableOrigin(bytes, digest, (res) => void res.write(bytes.subarray(0, 1000)));
+    // With a minute of idle deadline, only the stall (3 s) gets this done inside the test's 20 s.
+    const result = await downloadBlob({ url: `${origin.url}/blobs/x`, digest, size: bytes.length, fetch, idleTimeoutMs: 60_000, backoffMs: 10 });
+    expect(BYOB_STALL_MS).toBeLessThan(20_000);
+    expect(result.bytes).toEqual(bytes);
+    expect(result.rangeRequests).toBe(1);
+    expect(ranges).toEqual([undefined, 'bytes=1000-']);
+  }, 20_000);
 
   it('the caller’s abort stops a silent body at once', async () => {
     const origin = track(await startHttpOrigin((_, res) => res.writeHead(200, { 'Content-Type': 'application/json' }).flushHeaders()));
