@@ -163,16 +163,19 @@ export function createBlobSource(o: BlobSourceOptions) {
   };
 
   /**
-   * Opened when the load's blobs are all in memory and verified, when any load of this loader has
-   * to wait for a lock, or after DEFER_WRITES_MAX_MS at most.
-   */
-  /**
    * Stored records read before a load knows it needs them (`readAhead`), by digest: taken (once) by
    * the next `readStore` of that digest in place of its own read. Only the read moves earlier; the
    * size check and the hash are the same as for any stored record.
    */
   const ahead = new Map<Digest, Promise<{ handle: Blob; bytes: Uint8Array } | null>>();
 
+  /** Stored records can be read here whole and moved to the hasher once the caller is done (`movable`, `readAhead`). */
+  const takesBytes = !!hasher?.take && !store.verifiesReads && hasHandles(store);
+
+  /**
+   * Opened when the load's blobs are all in memory and verified, when any load of this loader has
+   * to wait for a lock, or after DEFER_WRITES_MAX_MS at most.
+   */
   function writeGate(): WriteGate {
     if (!o.deferStoreWrites) return { wait: Promise.resolve(), open: () => {} };
     let release!: () => void;
@@ -198,7 +201,7 @@ export function createBlobSource(o: BlobSourceOptions) {
     // With a hasher and a store of handles, the hasher reads the same (immutable) Blob itself.
     let handle: Blob | null = null;
     // Read here and handed on first, hashed by the hasher once the caller lets go of the bytes.
-    const movable = verifyLater && options.movable && hasher?.take && !store.verifiesReads && hasHandles(store) && (!asHandle || options.downloadsAsHandles === false) ? options.movable : null;
+    const movable = verifyLater && options.movable && takesBytes && (!asHandle || options.downloadsAsHandles === false) ? options.movable : null;
     const early = ahead.get(ref.digest);
     ahead.delete(ref.digest);
     try {
@@ -468,7 +471,7 @@ export function createBlobSource(o: BlobSourceOptions) {
    */
   async function readAhead(refs: BlobRef[]): Promise<((keep?: Set<Digest>) => void) | null> {
     const inMemory = o.inMemoryLoadBytes ?? memory.budgetBytes;
-    if (!hasHandles(store) || store.verifiesReads || !hasher?.take || refs.reduce((n, r) => n + r.size, 0) > inMemory) return null;
+    if (!takesBytes || refs.reduce((n, r) => n + r.size, 0) > inMemory) return null;
     const started = new Map<Digest, Promise<{ handle: Blob; bytes: Uint8Array } | null>>();
     for (const ref of refs) {
       if (ahead.has(ref.digest) || (await memory.has(ref.digest))) continue;

@@ -320,8 +320,7 @@ export function createLoader(runtime: LoaderRuntime): Loader {
   ): Promise<CachedPipeline> {
     const components = componentEntries(view);
     const assetRefs = Object.keys(view.assets).sort().map((path) => view.assets[path]);
-    const all = [...components.flatMap(([, c]) => [c.graph, ...c.shards]), ...assetRefs];
-    progress.total = unique(all).reduce((n, r) => n + r.size, 0);
+    progress.total = blobRefs(view).reduce((n, r) => n + r.size, 0);
     const sources: Record<Digest, CacheSource> = {};
     let bytesFetched = 0;
     for (const lora of loras) {
