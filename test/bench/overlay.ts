@@ -17,8 +17,11 @@
  * Then, on the large base (docs/architecture.md, "Switching LoRAs without a new session"):
  * - switch_ratio = `p.setLoras(…)` (new set or scales, on the same sessions) / cold (target ≤ 0.1);
  * - step_ratio = one run with a rank-16 LoRA on every layer active / one run of the plain base
- *   session (no switching inputs at all), by CPU time per run (median over interleaved rounds;
- *   on a shared CPU wall time also counts a neighbour's turns: step_wall_ratio reports it) of
+ *   session (no switching inputs at all): the mean of two identical plain sessions, one opened
+ *   before the switchable ones and one after (twin_step_ratio: the second / the first, the floor
+ *   of what the figure resolves), by CPU time per run (the median over interleaved rounds of the
+ *   ratio within a round; on a shared CPU wall time also counts a neighbour's turns:
+ *   step_wall_ratio reports it) of
  *   the thread that runs it: Node's main thread (one intra-op thread), the renderer's main
  *   thread on WASM, every Chromium thread on WebGPU (target ≤ 1.05); two_step_ratio: both LoRAs at once (rank 32 stacked); idle_step_ratio: the
  *   switchable session with no overlay / the plain one;
@@ -271,13 +274,18 @@ const STEPS = values.steps ? Number(values.steps) : Math.max(runs, 25);
 const NODE_BLOCK = 8;
 
 /**
- * Per-run cost of session `k` against session 0 (the plain base), from rounds that interleave
- * the sessions. `cpu`: the ratio of median CPU time per run (what the run costs: on a shared
- * CPU, wall time also holds the time a neighbour had the core; this is the figure held to the
- * target); `wall`: the median over rounds of the wall-time ratio within a round (reported).
+ * Per-run cost of session `k` against the plain base, from rounds that interleave the sessions:
+ * the median over rounds of the ratio within a round, so what a round shares (a neighbour's
+ * turns, the clock) cancels. The base is the mean of two identical plain sessions (`bases`), one
+ * opened before the switchable ones and one after: where a session's weights land in memory moves
+ * its per-run time by a few per cent on WASM (one heap for all of them), about the target's
+ * margin, and the two bracket that. `cpu`: by CPU time per run (what the run costs; this is the
+ * figure held to the target); `wall`: by wall time (reported; on a shared CPU it also holds the
+ * time a neighbour had the core).
  */
-function stepRatio(steps: Steps, k: number): { cpu: number; wall: number } {
-  return { cpu: median(steps.cpu[k]) / median(steps.cpu[0]), wall: median(steps.wall[0].map((plain, i) => steps.wall[k][i] / plain)) };
+function stepRatio(steps: Steps, k: number, bases: number[]): { cpu: number; wall: number } {
+  const paired = (xs: number[][]) => median(xs[k].map((x, i) => x / (bases.reduce((a, b) => a + xs[b][i], 0) / bases.length)));
+  return { cpu: paired(steps.cpu), wall: paired(steps.wall) };
 }
 
 interface Steps {
@@ -303,11 +311,13 @@ function cpuMs(pids: number[], mainThread = false): number {
   return ns / 1e6;
 }
 
-/** `rounds` rounds, each running every session `block` times, timed by the wall and by `cpu` (ms). */
+/** `rounds` rounds, each running every session `block` times (in turn, the order reversed every other round), timed by the wall and by `cpu` (ms). */
 async function interleave(sessions: number, rounds: number, block: number, runBlock: (k: number) => Promise<void>, cpu: () => number): Promise<Steps> {
   const steps: Steps = { wall: Array.from({ length: sessions }, () => []), cpu: Array.from({ length: sessions }, () => []) };
   for (let i = 0; i < rounds; i++) {
-    for (let k = 0; k < sessions; k++) {
+    // Every other round in reverse, so no session always runs right after the same one.
+    for (let j = 0; j < sessions; j++) {
+      const k = i % 2 === 0 ? j : sessions - 1 - j;
       const [t, c] = [performance.now(), cpu()];
       await runBlock(k);
       steps.wall[k].push((performance.now() - t) / block);
@@ -405,7 +415,11 @@ async function nodeSwitching(s: Subject, origin: Origin, coldMs: number): Promis
   await base.setLoras(s.setA(1));
   const idle = await loader.loadPipeline(opts());
   const two = await loader.loadPipeline(opts(s.setB(1)));
-  const sessions = [plain, base, idle, two];
+  // The plain base's twin, opened last on a loader of its own (one loader keeps one session per build).
+  const twinLoader = createLoader({ engine: engine(), store, loraSwitch: false, ...quiet });
+  const twin = await twinLoader.loadPipeline(opts());
+  const sessions = [plain, base, idle, two, twin];
+  const bases = [0, sessions.length - 1];
   // Runs in blocks: the kernel here counts a thread's CPU time in scheduler ticks (4 ms), a fifth of
   // one run, so a run timed alone reads as 4 or 5 ticks (a ratio of 0.8 or 1.25 between equal runs).
   const steps = await interleave(
@@ -418,18 +432,19 @@ async function nodeSwitching(s: Subject, origin: Origin, coldMs: number): Promis
     () => cpuMs([process.pid], true),
   );
   const [plainMs, overlayMs, idleMs, twoMs] = steps.wall.map(median);
-  const [active, idleCost, twoCost] = [stepRatio(steps, 1), stepRatio(steps, 2), stepRatio(steps, 3)];
+  const [active, idleCost, twoCost] = [stepRatio(steps, 1, bases), stepRatio(steps, 2, bases), stepRatio(steps, 3, bases)];
+  const twinRatio = stepRatio(steps, bases[1], [bases[0]]);
   const targeted = s.targetedBytes;
   const memRatio = Math.max(0, peak - baseRss) / targeted;
   const firstMemRatio = Math.max(0, peak - unswitchedRss) / targeted;
   console.log(`  Node, setLoras on the same sessions (${JSON.stringify(counts)}): switch ${f(switchMs)} → ratio ${(switchMs / coldMs).toFixed(3)} of the cold load (target ≤ 0.1)`);
   console.log(`    per run (${STEPS} interleaved rounds, median wall time): plain base ${f(plainMs)}, one LoRA active ${f(overlayMs)}, two ${f(twoMs)}, switchable with no overlay ${f(idleMs)}`);
   console.log(`      / plain, CPU time (wall time): one LoRA ${active.cpu.toFixed(3)} (${active.wall.toFixed(3)}) (target ≤ 1.05); two ${twoCost.cpu.toFixed(3)} (${twoCost.wall.toFixed(3)}); no overlay ${idleCost.cpu.toFixed(3)} (${idleCost.wall.toFixed(3)})`);
+  console.log(`      the plain base's twin / the plain base (the floor of what this resolves): ${twinRatio.cpu.toFixed(3)} (${twinRatio.wall.toFixed(3)})`);
   console.log(`    memory: base loaded ${mib(baseRss)} RSS, peak during switches ${mib(peak)} → +${mib(Math.max(0, peak - baseRss))} = ${memRatio.toFixed(3)} × the ${mib(targeted)} of targeted weights (target ≤ 1); above the base before its first switch: ${firstMemRatio.toFixed(3)} ×`);
-  for (const p of [plain, base, idle, two]) await p.dispose();
-  await loader.clearMemory();
-  await plainLoader.clearMemory();
-  return `switch_ratio=${(switchMs / coldMs).toFixed(3)} step_ratio=${active.cpu.toFixed(3)} step_wall_ratio=${active.wall.toFixed(3)} two_step_ratio=${twoCost.cpu.toFixed(3)} idle_step_ratio=${idleCost.cpu.toFixed(3)} mem_ratio=${memRatio.toFixed(3)} first_mem_ratio=${firstMemRatio.toFixed(3)} switch_ms=${switchMs.toFixed(0)} step_ms=${overlayMs.toFixed(1)} plain_step_ms=${plainMs.toFixed(1)}`;
+  for (const p of sessions) await p.dispose();
+  for (const l of [loader, plainLoader, twinLoader]) await l.clearMemory();
+  return `switch_ratio=${(switchMs / coldMs).toFixed(3)} step_ratio=${active.cpu.toFixed(3)} step_wall_ratio=${active.wall.toFixed(3)} two_step_ratio=${twoCost.cpu.toFixed(3)} idle_step_ratio=${idleCost.cpu.toFixed(3)} twin_step_ratio=${twinRatio.cpu.toFixed(3)} mem_ratio=${memRatio.toFixed(3)} first_mem_ratio=${firstMemRatio.toFixed(3)} switch_ms=${switchMs.toFixed(0)} step_ms=${overlayMs.toFixed(1)} plain_step_ms=${plainMs.toFixed(1)}`;
 }
 
 /** Chromium on `device`: cold load, setLoras switches, per-run cost and memory, through window.loraSwitch (harness). */
@@ -480,15 +495,21 @@ async function browserSwitching(s: Subject, origin: Origin, device: 'wasm' | 'we
       weightsId = w.id;
       ids.push(w.id);
     }
+    // The plain base's twin, opened last on a loader of its own (one loader keeps one session per build).
+    const twin = await open({ mode: false, loader: 'twin' });
+    ids.push(twin.id);
+    const bases = [0, ids.length - 1];
     // CPU time: WASM runs on the renderer's main thread; SwiftShader's WebGPU on GPU-process threads (all of them, then).
     const block = 3;
     const renderers = pids.filter((pid) => readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes('--type=renderer'));
     const cpu = device === 'wasm' ? () => cpuMs(renderers, true) : () => cpuMs(pids);
     const steps = await interleave(ids.length, STEPS, block, async (k) => void (await page.evaluate(([i, r, n]) => window.loraSwitch.run(i, r, n), [ids[k], run, block] as const)), cpu);
     const [plainMs, overlayMs, idleMs, twoMs, weightsMs] = steps.wall.map(median);
-    if (values.only) for (const [k, name] of ['plain', 'one LoRA', 'idle', 'two LoRAs', 'weights'].entries()) if (steps.cpu[k]) console.log(`    ${name} CPU ms per run: ${[...steps.cpu[k]].sort((a, b) => a - b).map((x) => x.toFixed(1)).join(' ')}`);
-    const [active, idleCost, twoCost] = [stepRatio(steps, 1), stepRatio(steps, 2), stepRatio(steps, 3)];
-    const weights = weightsId !== null ? stepRatio(steps, 4) : null;
+    const names = ['plain', 'one LoRA', 'idle', 'two LoRAs', ...(weightsId !== null ? ['weights'] : []), 'twin'];
+    if (values.only) for (const [k, name] of names.entries()) console.log(`    ${name} CPU ms per run: ${[...steps.cpu[k]].sort((a, b) => a - b).map((x) => x.toFixed(1)).join(' ')}`);
+    const [active, idleCost, twoCost] = [stepRatio(steps, 1, bases), stepRatio(steps, 2, bases), stepRatio(steps, 3, bases)];
+    const weights = weightsId !== null ? stepRatio(steps, 4, bases) : null;
+    const twinRatio = stepRatio(steps, bases[1], [bases[0]]);
     const targeted = s.targetedBytes;
     const memRatio = Math.max(0, peak - baseRss) / targeted;
     const firstMemRatio = Math.max(0, peak - unswitchedRss) / targeted;
@@ -496,9 +517,10 @@ async function browserSwitching(s: Subject, origin: Origin, device: 'wasm' | 'we
     console.log(`    per run (${STEPS} interleaved rounds of ${block}, median wall time): plain base ${f(plainMs)}, one LoRA active ${f(overlayMs)}, two ${f(twoMs)}, switchable with no overlay ${f(idleMs)}`);
     console.log(`      / plain, CPU time (wall time): one LoRA ${active.cpu.toFixed(3)} (${active.wall.toFixed(3)}) (target ≤ 1.05); two ${twoCost.cpu.toFixed(3)} (${twoCost.wall.toFixed(3)}); no overlay ${idleCost.cpu.toFixed(3)} (${idleCost.wall.toFixed(3)})`);
     if (weights) console.log(`    every weight fed whole instead (copied into the WASM heap per run): ${f(weightsMs)} → ${weights.cpu.toFixed(3)} (${weights.wall.toFixed(3)})`);
+    console.log(`      the plain base's twin / the plain base (the floor of what this resolves): ${twinRatio.cpu.toFixed(3)} (${twinRatio.wall.toFixed(3)})`);
     console.log(`    memory above the base after each switch: ${after.join(', ')}`);
     console.log(`    memory (all Chromium processes, sampled): base loaded ${mib(baseRss)}, peak during switches ${mib(peak)} → +${mib(Math.max(0, peak - baseRss))} = ${memRatio.toFixed(3)} × the ${mib(targeted)} of targeted weights (target ≤ 1); above the base before its first switch: ${firstMemRatio.toFixed(3)} ×`);
-    let out = `${key}_switch_ratio=${(switchMs / cold.ms).toFixed(3)} ${key}_step_ratio=${active.cpu.toFixed(3)} ${key}_step_wall_ratio=${active.wall.toFixed(3)} ${key}_two_step_ratio=${twoCost.cpu.toFixed(3)} ${key}_idle_step_ratio=${idleCost.cpu.toFixed(3)} ${key}_mem_ratio=${memRatio.toFixed(3)} ${key}_first_mem_ratio=${firstMemRatio.toFixed(3)} ${key}_switch_ms=${switchMs.toFixed(0)} ${key}_cold_ms=${cold.ms.toFixed(0)} ${key}_step_ms=${overlayMs.toFixed(1)}`;
+    let out = `${key}_switch_ratio=${(switchMs / cold.ms).toFixed(3)} ${key}_step_ratio=${active.cpu.toFixed(3)} ${key}_step_wall_ratio=${active.wall.toFixed(3)} ${key}_two_step_ratio=${twoCost.cpu.toFixed(3)} ${key}_idle_step_ratio=${idleCost.cpu.toFixed(3)} ${key}_twin_step_ratio=${twinRatio.cpu.toFixed(3)} ${key}_mem_ratio=${memRatio.toFixed(3)} ${key}_first_mem_ratio=${firstMemRatio.toFixed(3)} ${key}_switch_ms=${switchMs.toFixed(0)} ${key}_cold_ms=${cold.ms.toFixed(0)} ${key}_step_ms=${overlayMs.toFixed(1)}`;
     if (weights) out += ` ${key}_weights_step_ratio=${weights.cpu.toFixed(3)}`;
     if (device === 'webgpu') out += ` webgpu_base_mib=${(s.bytes / 2 ** 20).toFixed(0)}`;
     return out;

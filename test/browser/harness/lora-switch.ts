@@ -20,6 +20,8 @@ export interface SwitchOpen {
   /** The loader's `loraSwitch` (default 'auto'). */
   mode?: LoraSwitchMode | false;
   overlayOrtMinElements?: number;
+  /** Open on a loader of this name of its own (a loader keeps one session per build: a twin needs another). */
+  loader?: string;
 }
 
 /** One run: the sample model's feeds (`sample`) or a plain float input `x` of `dims` filled with 0.1 (`plain`). */
@@ -57,7 +59,7 @@ function counted(engine: Engine): Engine & { sessions: number } {
 }
 
 function loaderFor(o: SwitchOpen) {
-  const key = JSON.stringify([o.mode ?? 'auto', o.overlayOrtMinElements ?? null]);
+  const key = JSON.stringify([o.mode ?? 'auto', o.overlayOrtMinElements ?? null, o.loader ?? null]);
   let got = loaders.get(key);
   if (!got) {
     const engine = counted(createOrtEngine());
@@ -84,7 +86,7 @@ function feedsOf(run: SwitchRun) {
 export const loraSwitch = {
   warnings: () => [...warnings],
 
-  /** Loads a pipeline (on the loader of this mode, shared by every open with it). */
+  /** Loads a pipeline (on the loader of this mode and `loader` name, shared by every open with them). */
   async open(o: SwitchOpen): Promise<SwitchState> {
     const { loader, engine } = loaderFor(o);
     const t = performance.now();
