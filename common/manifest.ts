@@ -7,14 +7,13 @@ import { canonicalJsonBytes } from './canonical-json.ts';
 import { type Digest, isDigest, sha256 } from './digest.ts';
 import { FuseloadError } from './errors.ts';
 import { isName } from './keys.ts';
+import { componentEntries, manifestBlobs, PIPELINE_SCHEMA, pipelineView, type Role, ROLES, uniqueRefs } from './manifest-walk.ts';
+
+// Walking a manifest needs no validation, and lives apart from these schemas (manifest-walk.ts).
+export { componentEntries, manifestBlobs, PIPELINE_SCHEMA, pipelineView, type Role, ROLES };
 
 export const MANIFEST_SCHEMA = 'fuseload.artifact/1';
-/** A whole pipeline, by component (docs/artifact.md, "Schema 2"). */
-export const PIPELINE_SCHEMA = 'fuseload.pipeline/2';
 
-/** Component roles, diffusers' folder names; `model` is the one graph of a `graph` pipeline. */
-export const ROLES = ['text_encoder', 'text_encoder_2', 'unet', 'transformer', 'vae_decoder', 'vae_encoder', 'model'] as const;
-export type Role = (typeof ROLES)[number];
 export const KINDS = ['text-to-image', 'graph'] as const;
 export type PipelineKind = (typeof KINDS)[number];
 
@@ -202,49 +201,13 @@ function checkComponent(c: Component, input: string): void {
 }
 
 /**
- * Either schema as a pipeline: schema 1 reads as a `graph` pipeline whose one component is
- * `model` (DESIGN.md: "Schema-1 manifests stay readable as a graph pipeline of one component").
- */
-export function pipelineView(m: AnyManifest): PipelineManifest {
-  if (m.schema === PIPELINE_SCHEMA) return m;
-  return {
-    schema: PIPELINE_SCHEMA,
-    name: m.name,
-    kind: 'graph',
-    components: { model: { graph: m.graph, shards: m.shards, tensors: m.tensors, base: m.base } },
-    assets: {},
-    loras: m.loras.map((l) => ({ ...l, size: 0, components: { model: { matched: l.matched, unmatched: l.unmatched } } })),
-    build: m.build,
-  };
-}
-
-/** The components in a fixed order (ROLES'), so every walk over them is deterministic. */
-export function componentEntries(m: PipelineManifest): [Role, Component][] {
-  return ROLES.filter((r) => m.components[r]).map((r) => [r, m.components[r]!]);
-}
-
-function unique<T extends { digest: Digest }>(refs: T[]): T[] {
-  const seen = new Set<string>();
-  return refs.filter((r) => !seen.has(r.digest) && !!seen.add(r.digest));
-}
-
-/** Every blob a runtime needs for a manifest (each component's graph then shards, then assets), without duplicates. */
-export function manifestBlobs(m: AnyManifest): BlobRef[] {
-  const p = pipelineView(m);
-  const refs: BlobRef[] = [];
-  for (const [, c] of componentEntries(p)) refs.push(c.graph, ...c.shards);
-  for (const path of Object.keys(p.assets).sort()) refs.push(p.assets[path]);
-  return unique(refs);
-}
-
-/**
  * Every blob an artifact directory (or bucket) holds for a manifest: what the runtime needs
  * (`manifestBlobs`) plus the LoRA files it was built with, which load-time overlays fetch.
  * Schema 1 does not record LoRA sizes.
  */
 export function artifactBlobs(m: AnyManifest): { digest: Digest; size?: number }[] {
   const loras = m.schema === PIPELINE_SCHEMA ? m.loras.map((l) => ({ digest: l.digest, size: l.size })) : m.loras.map((l) => ({ digest: l.digest }));
-  return unique([...manifestBlobs(m), ...loras]);
+  return uniqueRefs([...manifestBlobs(m), ...loras]);
 }
 
 /** A tag: the only mutable object, a pointer to a manifest. */

@@ -13,7 +13,7 @@
  * Query: `?origin=` and `?catalog=` override the catalog's; every choice (choices.ts) is kept in
  * the URL so a reload or a shared link shows the same image.
  */
-import { manifestBlobs, type Role } from '../../common/manifest.ts';
+import { manifestBlobs, type Role } from '../../common/manifest-walk.ts';
 import type { GenerateResult, LoraOverlay, PipelineInfo, ProgressEvent } from '../../common/pipeline.ts';
 import type { DemoCatalog, DemoLora } from './catalog.ts';
 import { type Choices, type DemoDevice, LORA_SCALE_RANGE, readChoices, writeChoices } from './choices.ts';
