@@ -9,6 +9,7 @@ import { type Digest, digestHex, sha256, toDigest } from '../digest.ts';
 import { FuseloadError, isFuseloadError } from '../errors.ts';
 import { isName, manifestKey, tagKey } from '../keys.ts';
 import { type AnyManifest, type BlobRef, type Component, componentEntries, decodeManifest, type PipelineManifest, pipelineView, parseTag, type Role } from '../manifest.ts';
+import { uniqueRefs } from '../manifest-walk.ts';
 import { type CacheSource, type ComponentInfo, type Device, type Engine, type EngineSession, type ExternalDataFile, type Feeds, type LoadPipelineOptions, type LoraOverlay, needBytes, type Pipeline, type PipelineInfo, type Provider } from '../pipeline.ts';
 import type { BlobStore, MemoryStore } from '../store.ts';
 import { createBlobSource, errorText, LateDigestMismatch, type OffThreadHasher } from './blobs.ts';
@@ -359,7 +360,7 @@ export function createLoader(runtime: LoaderRuntime): Loader {
         infos[role] = { provider: mapped.provider, fallbacks: mapped.fallbacks };
         for (const ref of [c.graph, ...c.shards]) sources[ref.digest] = 'store';
       }
-      const refs = unique([...pending.flatMap(([, c]) => [c.graph, ...c.shards]), ...assetRefs]);
+      const refs = uniqueRefs([...pending.flatMap(([, c]) => [c.graph, ...c.shards]), ...assetRefs]);
       // Weight shards are only copied by the engine: they are hashed beside the sessions' creation. Graphs are parsed: hashed first.
       const weights = new Set(pending.flatMap(([, c]) => c.shards.map((s) => s.digest)));
       // An engine that reads external data from Blobs gets the shards no overlay merges into as the store's handles.
@@ -442,7 +443,7 @@ export function createLoader(runtime: LoaderRuntime): Loader {
     const createFromFiles = (engine as Partial<FileEngine>).createFromFiles?.bind(engine);
     const locate = store.locate?.bind(store);
     if (!createFromFiles || !locate) return null;
-    const refs = unique([c.graph, ...c.shards]);
+    const refs = uniqueRefs([c.graph, ...c.shards]);
     // Bytes already in memory are cheaper than files, and were verified when they got there.
     for (const ref of refs) if (await memory.has(ref.digest)) return null;
     const files = await Promise.all(refs.map((ref) => locate(ref.digest, ref.size).catch(() => null)));
@@ -849,7 +850,7 @@ function shardBytes(data: Uint8Array | Blob | undefined): Promise<Uint8Array> | 
 
 /** What a load of the pipeline reads: every component's graph and shards, and the assets, each once. */
 function blobRefs(view: PipelineManifest): BlobRef[] {
-  return unique([...componentEntries(view).flatMap(([, c]) => [c.graph, ...c.shards]), ...Object.values(view.assets)]);
+  return uniqueRefs([...componentEntries(view).flatMap(([, c]) => [c.graph, ...c.shards]), ...Object.values(view.assets)]);
 }
 
 /** resolveManifest's read ahead: the manifest a tag named last time, and the reads of its blobs under way. */
@@ -860,11 +861,6 @@ interface Guess {
   /** Read from the store (not memory): put in memory when used, as a stored manifest is. */
   stored: boolean;
   drop: (keep?: Set<Digest>) => void;
-}
-
-function unique(refs: BlobRef[]): BlobRef[] {
-  const seen = new Set<string>();
-  return refs.filter((r) => !seen.has(r.digest) && !!seen.add(r.digest));
 }
 
 function normalizeOrigin(origin: string): string {

@@ -276,14 +276,14 @@ const NODE_BLOCK = 8;
 /**
  * Per-run cost of session `k` against the plain base, from rounds that interleave the sessions:
  * the median over rounds of the ratio within a round, so what a round shares (a neighbour's
- * turns, the clock) cancels. The base is the mean of two identical plain sessions (`bases`), one
- * opened before the switchable ones and one after: where a session's weights land in memory moves
+ * turns, the clock) cancels. The base is the mean of two identical plain sessions (`bases`: the
+ * first, opened before the switchable ones, and the last, its twin, opened after them): where a session's weights land in memory moves
  * its per-run time by a few per cent on WASM (one heap for all of them), about the target's
  * margin, and the two bracket that. `cpu`: by CPU time per run (what the run costs; this is the
  * figure held to the target); `wall`: by wall time (reported; on a shared CPU it also holds the
  * time a neighbour had the core).
  */
-function stepRatio(steps: Steps, k: number, bases: number[]): { cpu: number; wall: number } {
+function stepRatio(steps: Steps, k: number, bases = [0, steps.cpu.length - 1]): { cpu: number; wall: number } {
   const paired = (xs: number[][]) => median(xs[k].map((x, i) => x / (bases.reduce((a, b) => a + xs[b][i], 0) / bases.length)));
   return { cpu: paired(steps.cpu), wall: paired(steps.wall) };
 }
@@ -419,7 +419,6 @@ async function nodeSwitching(s: Subject, origin: Origin, coldMs: number): Promis
   const twinLoader = createLoader({ engine: engine(), store, loraSwitch: false, ...quiet });
   const twin = await twinLoader.loadPipeline(opts());
   const sessions = [plain, base, idle, two, twin];
-  const bases = [0, sessions.length - 1];
   // Runs in blocks: the kernel here counts a thread's CPU time in scheduler ticks (4 ms), a fifth of
   // one run, so a run timed alone reads as 4 or 5 ticks (a ratio of 0.8 or 1.25 between equal runs).
   const steps = await interleave(
@@ -432,8 +431,8 @@ async function nodeSwitching(s: Subject, origin: Origin, coldMs: number): Promis
     () => cpuMs([process.pid], true),
   );
   const [plainMs, overlayMs, idleMs, twoMs] = steps.wall.map(median);
-  const [active, idleCost, twoCost] = [stepRatio(steps, 1, bases), stepRatio(steps, 2, bases), stepRatio(steps, 3, bases)];
-  const twinRatio = stepRatio(steps, bases[1], [bases[0]]);
+  const [active, idleCost, twoCost] = [stepRatio(steps, 1), stepRatio(steps, 2), stepRatio(steps, 3)];
+  const twinRatio = stepRatio(steps, sessions.length - 1, [0]);
   const targeted = s.targetedBytes;
   const memRatio = Math.max(0, peak - baseRss) / targeted;
   const firstMemRatio = Math.max(0, peak - unswitchedRss) / targeted;
@@ -498,7 +497,6 @@ async function browserSwitching(s: Subject, origin: Origin, device: 'wasm' | 'we
     // The plain base's twin, opened last on a loader of its own (one loader keeps one session per build).
     const twin = await open({ mode: false, loader: 'twin' });
     ids.push(twin.id);
-    const bases = [0, ids.length - 1];
     // CPU time: WASM runs on the renderer's main thread; SwiftShader's WebGPU on GPU-process threads (all of them, then).
     const block = 3;
     const renderers = pids.filter((pid) => readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes('--type=renderer'));
@@ -507,9 +505,9 @@ async function browserSwitching(s: Subject, origin: Origin, device: 'wasm' | 'we
     const [plainMs, overlayMs, idleMs, twoMs, weightsMs] = steps.wall.map(median);
     const names = ['plain', 'one LoRA', 'idle', 'two LoRAs', ...(weightsId !== null ? ['weights'] : []), 'twin'];
     if (values.only) for (const [k, name] of names.entries()) console.log(`    ${name} CPU ms per run: ${[...steps.cpu[k]].sort((a, b) => a - b).map((x) => x.toFixed(1)).join(' ')}`);
-    const [active, idleCost, twoCost] = [stepRatio(steps, 1, bases), stepRatio(steps, 2, bases), stepRatio(steps, 3, bases)];
-    const weights = weightsId !== null ? stepRatio(steps, 4, bases) : null;
-    const twinRatio = stepRatio(steps, bases[1], [bases[0]]);
+    const [active, idleCost, twoCost] = [stepRatio(steps, 1), stepRatio(steps, 2), stepRatio(steps, 3)];
+    const weights = weightsId !== null ? stepRatio(steps, 4) : null;
+    const twinRatio = stepRatio(steps, ids.length - 1, [0]);
     const targeted = s.targetedBytes;
     const memRatio = Math.max(0, peak - baseRss) / targeted;
     const firstMemRatio = Math.max(0, peak - unswitchedRss) / targeted;

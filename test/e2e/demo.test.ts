@@ -58,15 +58,15 @@ const LONG_TASK_US = 50_000;
  * quieter page). Each entry says the task's CPU and wall time and what ran in it.
  */
 async function longMainThreadTasks(during: () => Promise<void>): Promise<string[]> {
-  const trace = join(await mkdtemp(join(tmpdir(), 'fuseload-e2e-trace-')), 'trace.json');
-  await browser.startTracing(page, { path: trace, categories: ['devtools.timeline', 'disabled-by-default-devtools.timeline'] });
+  await browser.startTracing(page, { categories: ['devtools.timeline', 'disabled-by-default-devtools.timeline'] });
+  let trace: Buffer;
   try {
     await during();
   } finally {
-    await browser.stopTracing();
+    trace = await browser.stopTracing();
   }
   type TraceEvent = { name: string; ph: string; pid: number; tid: number; ts: number; dur?: number; tdur?: number; args?: { data?: { message?: string } } };
-  const events: TraceEvent[] = JSON.parse(await readFile(trace, 'utf8')).traceEvents;
+  const events: TraceEvent[] = JSON.parse(trace.toString('utf8')).traceEvents;
   const marks = events.filter((e) => e.name === 'TimeStamp' && e.args?.data?.message?.startsWith('fuseload-busy:')).sort((a, b) => a.ts - b.ts);
   expect(marks.length, 'busy marks in the trace').toBeGreaterThan(0);
   const { pid, tid } = marks[0];
