@@ -7,10 +7,14 @@
  *   npm run bench -- --only build,edge  some (file names without .ts)
  *   npm run bench -- --from bench.log   no runs: tabulate the BENCH lines of a saved log
  *
+ * Before each bench the machine settles (`settle`: `sync`, then the CPUs idle for a second, at most
+ * BENCH_SETTLE_S seconds, default 30), so none starts in the writeback of the one before it.
+ *
  * Exit status 1 when a benchmark fails or prints no BENCH line, or a ratio misses its target.
  */
-import { spawn } from 'node:child_process';
-import { readdirSync, readFileSync } from 'node:fs';
+import { execFileSync, spawn } from 'node:child_process';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { basename, join } from 'node:path';
 import { parseArgs } from 'node:util';
 
@@ -147,6 +151,42 @@ function runBench(file: string): Promise<{ code: number | null; stdout: string; 
   });
 }
 
+/** Busy and total jiffies over all CPUs, from Linux's /proc/stat. */
+function cpuTimes(): { busy: number; total: number } {
+  const fields = readFileSync('/proc/stat', 'utf8').split('\n')[0].trim().split(/\s+/).slice(1).map(Number);
+  const total = fields.reduce((a, b) => a + b, 0);
+  // user nice system idle iowait …: idle and iowait are the time nobody ran.
+  return { busy: total - fields[3] - (fields[4] ?? 0), total };
+}
+
+/**
+ * Before each bench: the previous one's dirty pages written back (`sync`; the builds write
+ * gigabytes, and writeback beside the next bench's timed work slows it unevenly) and the CPUs
+ * idle (a second of ≤ 10% busy, at most `SETTLE_S` seconds of waiting), so every bench starts on
+ * the same quiet machine whatever ran before it. Returns what it waited for, for the log.
+ */
+async function settle(maxSeconds: number): Promise<string> {
+  const started = performance.now();
+  try {
+    execFileSync('sync');
+  } catch {
+    // No sync(1): nothing to wait for.
+  }
+  const synced = (performance.now() - started) / 1000;
+  if (!existsSync('/proc/stat')) return `sync ${synced.toFixed(1)} s`;
+  let busy = 1;
+  while ((performance.now() - started) / 1000 < maxSeconds) {
+    const a = cpuTimes();
+    await sleep(1000);
+    const b = cpuTimes();
+    busy = (b.busy - a.busy) / Math.max(1, b.total - a.total);
+    if (busy <= 0.1) break;
+  }
+  return `sync ${synced.toFixed(1)} s, idle after ${((performance.now() - started) / 1000).toFixed(1)} s (last second ${(busy * 100).toFixed(0)}% busy)`;
+}
+
+const SETTLE_S = Number(process.env.BENCH_SETTLE_S ?? 30);
+
 async function main(): Promise<number> {
   const { values } = parseArgs({ options: { only: { type: 'string' }, from: { type: 'string' } } });
   const failures: string[] = [];
@@ -157,7 +197,7 @@ async function main(): Promise<number> {
   } else {
     lines = [];
     for (const file of benchFiles(values.only ? values.only.split(',').map((s) => s.trim()) : null)) {
-      process.stdout.write(`\n=== ${file}\n`);
+      process.stdout.write(`\n=== ${file} (${await settle(SETTLE_S)})\n`);
       const { code, stdout, seconds } = await runBench(file);
       const found = parseBenchLines(stdout);
       process.stdout.write(`=== ${file}: exit ${code} in ${seconds.toFixed(1)} s\n`);
