@@ -1,14 +1,17 @@
 /**
  * Build benchmark: a synthetic fp16 base of at least 1 GiB (external data) and a rank-16 LoRA
  * on every linear layer. Prints the build's wall time over `cp` + `sha256sum` of the same
- * bytes (measured in the same run, page cache equally warm), and the build's peak RSS
- * (the build runs in a child process that reports its own maxRSS).
+ * bytes (page cache equally warm), and the build's peak RSS (the build runs in a child process
+ * that reports its own maxRSS). `--runs` builds, each between two references (ref, build, ref,
+ * build, …, ref): each build's ratio is over the mean of its neighbours, and the median is the
+ * figure, so one build slowed by the machine (writeback, a neighbour) does not decide it.
  *
- *   npx tsx test/bench/build.ts [--gib 1] [--keep]
+ *   npx tsx test/bench/build.ts [--gib 1] [--runs 3] [--keep]
  *
  * Last line: `BENCH build ratio=<r> rss_mib=<m> …`, for tabulating.
  */
 import { execFileSync, spawnSync } from 'node:child_process';
+import { rmSync } from 'node:fs';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -17,7 +20,9 @@ import { f32ToF16 } from '../../common/lora/dtype.ts';
 import { writeMatMulBase } from '../support/bench-models.ts';
 
 const args = process.argv.slice(2);
-const gib = Number(args[args.indexOf('--gib') + 1] ?? 1) || 1;
+const arg = (name: string, fallback: number) => (args.includes(name) ? Number(args[args.indexOf(name) + 1]) || fallback : fallback);
+const gib = arg('--gib', 1);
+const runs = arg('--runs', 3);
 const keep = args.includes('--keep');
 const HIDDEN = 4096;
 const RANK = 16;
@@ -50,37 +55,59 @@ try {
   await writeFile(join(dir, 'lora.safetensors'), encodeSafetensors(lora));
   const baseBytes = LAYERS * TENSOR_BYTES;
 
-  // Reference: cp + sha256sum of the same bytes, before and after the build (page cache warm both times).
-  const reference = () =>
-    seconds(() => {
+  // Reference: cp + sha256sum of the same bytes (page cache warm).
+  const reference = () => {
+    const s = seconds(() => {
       execFileSync('cp', [join(dir, 'base.weights'), join(dir, 'copy.weights')]);
       execFileSync('sha256sum', [join(dir, 'base.weights')]);
     });
-  reference(); // warm the page cache
-  const ref1 = reference();
-  await rm(join(dir, 'copy.weights'));
+    rmSync(join(dir, 'copy.weights'));
+    return s;
+  };
 
   const rssFile = join(dir, 'rss');
   const preload = `data:text/javascript,import fs from "node:fs"; process.on("exit", () => fs.writeFileSync(${JSON.stringify(rssFile)}, String(process.resourceUsage().maxRSS)));`;
-  let result: ReturnType<typeof spawnSync> | undefined;
-  const buildSeconds = seconds(() => {
-    result = spawnSync(
-      process.execPath,
-      ['--import', preload, bin, 'build', '--base', join(dir, 'base.onnx'), '--lora', join(dir, 'lora.safetensors'), '--name', 'bench', '--out', join(dir, 'out'), '--json'],
-      { env: { ...process.env, PIPELINE_STORE: join(dir, 'store') }, encoding: 'utf8', maxBuffer: 64 << 20 },
-    );
-  });
-  if (result!.status !== 0) throw new Error(`build failed: ${result!.stderr}`);
-  const report = JSON.parse(String(result!.stdout));
-  const rssMiB = Number(await readFile(rssFile, 'utf8')) / 1024;
-  const ref2 = reference();
-  const ref = (ref1 + ref2) / 2;
-  const ratio = buildSeconds / ref;
+  /** One build in a fresh process with a fresh store and output: its seconds, peak RSS and report. */
+  const build = async (round: number) => {
+    const out = join(dir, `out-${round}`);
+    const store = join(dir, `store-${round}`);
+    let result: ReturnType<typeof spawnSync> | undefined;
+    const s = seconds(() => {
+      result = spawnSync(process.execPath, ['--import', preload, bin, 'build', '--base', join(dir, 'base.onnx'), '--lora', join(dir, 'lora.safetensors'), '--name', 'bench', '--out', out, '--json'], {
+        env: { ...process.env, PIPELINE_STORE: store },
+        encoding: 'utf8',
+        maxBuffer: 64 << 20,
+      });
+    });
+    if (result!.status !== 0) throw new Error(`build failed: ${result!.stderr}`);
+    const report = JSON.parse(String(result!.stdout));
+    const rssMiB = Number(await readFile(rssFile, 'utf8')) / 1024;
+    await rm(out, { recursive: true, force: true });
+    await rm(store, { recursive: true, force: true });
+    return { seconds: s, rssMiB, report };
+  };
+
+  reference(); // warm the page cache
+  const refs = [reference()];
+  const builds: Awaited<ReturnType<typeof build>>[] = [];
+  for (let r = 0; r < runs; r++) {
+    builds.push(await build(r));
+    refs.push(reference());
+  }
+  const ratios = builds.map((b, r) => b.seconds / ((refs[r] + refs[r + 1]) / 2));
+  const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+  const ratio = median(ratios);
+  const buildSeconds = median(builds.map((b) => b.seconds));
+  const ref = median(refs);
+  const rssMiB = Math.max(...builds.map((b) => b.rssMiB));
+  const { report } = builds[0];
+  if (new Set(builds.map((b) => b.report.fingerprint)).size !== 1) throw new Error(`builds of the same inputs gave fingerprints ${builds.map((b) => b.report.fingerprint).join(', ')}`);
   console.log(`base: ${LAYERS} × fp16 [${HIDDEN}, ${HIDDEN}] = ${(baseBytes / 1024 ** 3).toFixed(2)} GiB external data; LoRA rank ${RANK} on ${report.mergedTensors} layers (${report.loras[0].matched} keys matched)`);
   console.log(`artifact: ${report.shards} shards, fingerprint ${report.fingerprint}`);
-  console.log(`build ${buildSeconds.toFixed(2)} s; cp + sha256sum ${ref1.toFixed(2)} s / ${ref2.toFixed(2)} s; ratio ${ratio.toFixed(2)} (target ≤ 1.5)`);
+  console.log(`builds ${builds.map((b) => b.seconds.toFixed(2)).join(' / ')} s; cp + sha256sum ${refs.map((x) => x.toFixed(2)).join(' / ')} s`);
+  console.log(`ratio ${ratio.toFixed(2)} [${Math.min(...ratios).toFixed(2)}–${Math.max(...ratios).toFixed(2)}] (median [min–max] of ${runs}; target ≤ 1.5)`);
   console.log(`peak RSS ${rssMiB.toFixed(0)} MiB (target ≤ 512)`);
-  console.log(`BENCH build ratio=${ratio.toFixed(2)} rss_mib=${rssMiB.toFixed(0)} build_s=${buildSeconds.toFixed(2)} ref_s=${ref.toFixed(2)} base_gib=${(baseBytes / 1024 ** 3).toFixed(2)} rank=${RANK}`);
+  console.log(`BENCH build ratio=${ratio.toFixed(2)} rss_mib=${rssMiB.toFixed(0)} build_s=${buildSeconds.toFixed(2)} ref_s=${ref.toFixed(2)} base_gib=${(baseBytes / 1024 ** 3).toFixed(2)} rank=${RANK} runs=${runs}`);
 } finally {
   if (!keep) await rm(dir, { recursive: true, force: true });
 }
