@@ -14,6 +14,7 @@ import { execFileSync, spawnSync } from 'node:child_process';
 import { rmSync } from 'node:fs';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { join } from 'node:path';
 import { encodeSafetensors, type SafetensorsInput } from '../../common/safetensors.ts';
 import { f32ToF16 } from '../../common/lora/dtype.ts';
@@ -23,6 +24,7 @@ const args = process.argv.slice(2);
 const arg = (name: string, fallback: number) => (args.includes(name) ? Number(args[args.indexOf(name) + 1]) || fallback : fallback);
 const gib = arg('--gib', 1);
 const runs = arg('--runs', 3);
+const SETTLE_MS = 4000;
 const keep = args.includes('--keep');
 const HIDDEN = 4096;
 const RANK = 16;
@@ -87,11 +89,23 @@ try {
     return { seconds: s, rssMiB, report };
   };
 
+  // Every timed step starts from the same state of free memory: the files the step before it
+  // deleted written back and let go of for a few seconds. Pages just freed are reused at no cost,
+  // pages freed a while ago can cost a VM's host a fault each (a bare 1 GiB dd through the page
+  // cache here: 0.4 s right after an rm, 6.9 s a while later; 0.6 s with O_DIRECT either way), and
+  // the reference, right after the rm of its own copy, always got the cheap ones.
+  const settle = async () => {
+    execFileSync('sync');
+    await sleep(SETTLE_MS);
+  };
   reference(); // warm the page cache
+  await settle();
   const refs = [reference()];
   const builds: Awaited<ReturnType<typeof build>>[] = [];
   for (let r = 0; r < runs; r++) {
+    await settle();
     builds.push(await build(r));
+    await settle();
     refs.push(reference());
   }
   const ratios = builds.map((b, r) => b.seconds / ((refs[r] + refs[r + 1]) / 2));
