@@ -3,8 +3,13 @@
  * 256 MiB (external data, MatMul layers [4096, 4096]) with a LoHa, and with a LoKr, on every
  * linear layer, against the same build with a plain LoRA of the same rank. Prints each
  * build's wall time over the plain-LoRA build's (each build a fresh child process with a
- * fresh store; interleaved rounds, best of each, page cache warm), and the same for CPU time
- * (steadier on a shared machine).
+ * fresh store; page cache warm), and the same for CPU time. `--runs` rounds of the three builds
+ * side by side; a ratio is the median of the rounds' ratios (LoHa over the LoRA build of the same
+ * round), so the machine's weather lands on both sides of each (best of each, before, could pair
+ * one side's lucky build with the other's unlucky ones). User CPU time apart: on a VM whose page
+ * faults and page-cache writes cost its host's time, system time swings from build to build and
+ * takes the wall time with it (the same 256 MiB LoRA build took 1.2–3.5 s within minutes), while
+ * the adapters' own math is in user time.
  *
  *   npx tsx test/bench/adapters.ts [--mib 256] [--runs 3] [--keep]
  *
@@ -67,7 +72,7 @@ try {
   /** One build in a fresh process with a fresh store (no cache hit): its wall time, CPU time (the child reports its own) and report. */
   let n = 0;
   const usageFile = join(dir, 'usage');
-  const preload = `data:text/javascript,import fs from "node:fs"; process.on("exit", () => { const u = process.resourceUsage(); fs.writeFileSync(${JSON.stringify(usageFile)}, String(u.userCPUTime + u.systemCPUTime)); });`;
+  const preload = `data:text/javascript,import fs from "node:fs"; process.on("exit", () => { const u = process.resourceUsage(); fs.writeFileSync(${JSON.stringify(usageFile)}, u.userCPUTime + " " + u.systemCPUTime); });`;
   const buildOnce = async (type: keyof typeof files) => {
     const out = join(dir, `out-${n}`);
     const store = join(dir, `store-${n++}`);
@@ -80,33 +85,39 @@ try {
     const seconds = (performance.now() - started) / 1000;
     if (result.status !== 0) throw new Error(`${type} build failed: ${result.stderr}`);
     const report = JSON.parse(result.stdout);
-    const cpu = Number(await readFile(usageFile, 'utf8')) / 1e6;
+    const [user, system] = (await readFile(usageFile, 'utf8')).split(' ').map((us) => Number(us) / 1e6);
+    const cpu = user + system;
     await rm(out, { recursive: true, force: true });
     await rm(store, { recursive: true, force: true });
-    return { seconds, cpu, report };
+    return { seconds, cpu, user, report };
   };
 
   await buildOnce('lora'); // warm the page cache and onnxruntime's files
-  // Interleaved rounds, best of each: the types see the same machine.
-  const best: Record<string, number> = { lora: Infinity, loha: Infinity, lokr: Infinity };
-  const cpu: Record<string, number> = { lora: Infinity, loha: Infinity, lokr: Infinity };
+  // Interleaved rounds: the types see the same machine.
+  const wall: Record<string, number[]> = { lora: [], loha: [], lokr: [] };
+  const cpu: Record<string, number[]> = { lora: [], loha: [], lokr: [] };
+  const user: Record<string, number[]> = { lora: [], loha: [], lokr: [] };
   for (let r = 0; r < runs; r++) {
     for (const type of ['lora', 'loha', 'lokr'] as const) {
       const run = await buildOnce(type);
       const lora = run.report.loras[0];
       if (run.report.mergedTensors !== LAYERS || lora.unmatched !== 0) throw new Error(`${type}: merged ${run.report.mergedTensors} of ${LAYERS} layers, ${lora.unmatched} keys unmatched`);
       if (lora.types[type]?.matched !== lora.matched) throw new Error(`${type}: the report counts ${JSON.stringify(lora.types)}`);
-      best[type] = Math.min(best[type], run.seconds);
-      cpu[type] = Math.min(cpu[type], run.cpu);
+      wall[type].push(run.seconds);
+      cpu[type].push(run.cpu);
+      user[type].push(run.user);
     }
   }
-  const ratio = (type: string, of: Record<string, number>) => (of[type] / of.lora).toFixed(2);
+  const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+  const ratio = (type: string, of: Record<string, number[]>) => median(of[type].map((x, r) => x / of.lora[r])).toFixed(2);
+  const mid = Object.fromEntries(Object.entries(wall).map(([k, v]) => [k, median(v)]));
+  const cpus = Object.fromEntries(Object.entries(cpu).map(([k, v]) => [k, median(v)]));
   const baseMiB = (LAYERS * TENSOR_BYTES) / 1024 ** 2;
   console.log(`base: ${LAYERS} × fp16 [${HIDDEN}, ${HIDDEN}] = ${baseMiB.toFixed(0)} MiB external data; rank ${RANK} on every layer (LoKr: w1 [${KRON},${KRON}] ⊗ rank-${RANK} w2)`);
-  console.log(`build with LoRA ${best.lora.toFixed(2)} s, LoHa ${best.loha.toFixed(2)} s, LoKr ${best.lokr.toFixed(2)} s (best of ${runs}); CPU ${cpu.lora.toFixed(2)} / ${cpu.loha.toFixed(2)} / ${cpu.lokr.toFixed(2)} s`);
-  console.log(`LoHa / LoRA ${ratio('loha', best)}, LoKr / LoRA ${ratio('lokr', best)} (target ≤ 1.3); CPU time ${ratio('loha', cpu)}, ${ratio('lokr', cpu)}`);
+  console.log(`build with LoRA ${mid.lora.toFixed(2)} s, LoHa ${mid.loha.toFixed(2)} s, LoKr ${mid.lokr.toFixed(2)} s (medians of ${runs}); CPU ${cpus.lora.toFixed(2)} / ${cpus.loha.toFixed(2)} / ${cpus.lokr.toFixed(2)} s`);
+  console.log(`LoHa / LoRA ${ratio('loha', wall)}, LoKr / LoRA ${ratio('lokr', wall)} (target ≤ 1.3; medians of the rounds' ratios); CPU time ${ratio('loha', cpu)}, ${ratio('lokr', cpu)}; user CPU time ${ratio('loha', user)}, ${ratio('lokr', user)}`);
   console.log(
-    `BENCH adapters loha_ratio=${ratio('loha', best)} lokr_ratio=${ratio('lokr', best)} loha_cpu_ratio=${ratio('loha', cpu)} lokr_cpu_ratio=${ratio('lokr', cpu)} lora_s=${best.lora.toFixed(2)} loha_s=${best.loha.toFixed(2)} lokr_s=${best.lokr.toFixed(2)} base_mib=${baseMiB.toFixed(0)} rank=${RANK}`,
+    `BENCH adapters loha_ratio=${ratio('loha', wall)} lokr_ratio=${ratio('lokr', wall)} loha_cpu_ratio=${ratio('loha', cpu)} lokr_cpu_ratio=${ratio('lokr', cpu)} loha_user_ratio=${ratio('loha', user)} lokr_user_ratio=${ratio('lokr', user)} lora_s=${mid.lora.toFixed(2)} loha_s=${mid.loha.toFixed(2)} lokr_s=${mid.lokr.toFixed(2)} base_mib=${baseMiB.toFixed(0)} rank=${RANK}`,
   );
 } finally {
   if (!keep) await rm(dir, { recursive: true, force: true });
