@@ -22,11 +22,11 @@ import { join } from 'node:path';
 import { f32ToF16 } from '../../common/lora/dtype.ts';
 import { encodeSafetensors, type SafetensorsInput } from '../../common/safetensors.ts';
 import { writeMatMulBase } from '../support/bench-models.ts';
+import { median, numberFlag } from '../support/bench.ts';
 
 const args = process.argv.slice(2);
-const arg = (name: string, fallback: number) => (args.includes(name) ? Number(args[args.indexOf(name) + 1]) || fallback : fallback);
-const mib = arg('--mib', 256);
-const runs = arg('--runs', 3);
+const mib = numberFlag(args, '--mib', 256);
+const runs = numberFlag(args, '--runs', 3);
 const keep = args.includes('--keep');
 const HIDDEN = 4096;
 const RANK = 16;
@@ -108,7 +108,6 @@ try {
       user[type].push(run.user);
     }
   }
-  const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
   const ratio = (type: string, of: Record<string, number[]>) => median(of[type].map((x, r) => x / of.lora[r])).toFixed(2);
   const mid = Object.fromEntries(Object.entries(wall).map(([k, v]) => [k, median(v)]));
   const cpus = Object.fromEntries(Object.entries(cpu).map(([k, v]) => [k, median(v)]));

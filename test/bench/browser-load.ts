@@ -66,6 +66,7 @@ import { launchPersistentChromium } from '../support/chromium.ts';
 import { startOrigin } from '../support/origin.ts';
 import { PAGE_PATHS, buildPages } from '../support/web-pages.ts';
 import { writeTag } from '../support/tag.ts';
+import { median, spread } from '../support/bench.ts';
 
 const MiB = 1024 * 1024;
 /** 5 weights of 56 MiB: 280 MiB in 5 shards of the default 64 MiB. */
@@ -104,9 +105,7 @@ async function bigArtifact(): Promise<{ dir: string; fingerprint: string }> {
   return { dir: join(home, 'artifact'), fingerprint: (await readFile(done, 'utf8')).trim() };
 }
 
-const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 const fmt = (ms: number) => `${ms.toFixed(0)} ms`;
-const spread = (xs: number[], digits = 2) => `${median(xs).toFixed(digits)} [${Math.min(...xs).toFixed(digits)}–${Math.max(...xs).toFixed(digits)}]`;
 const RUNS = Number(process.env.BENCH_RUNS ?? 7) || 7;
 const GBIT = Number(process.env.BENCH_GBIT ?? 1) || 1;
 

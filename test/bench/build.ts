@@ -19,11 +19,11 @@ import { join } from 'node:path';
 import { encodeSafetensors, type SafetensorsInput } from '../../common/safetensors.ts';
 import { f32ToF16 } from '../../common/lora/dtype.ts';
 import { writeMatMulBase } from '../support/bench-models.ts';
+import { median, neighbourRatios, numberFlag, spread } from '../support/bench.ts';
 
 const args = process.argv.slice(2);
-const arg = (name: string, fallback: number) => (args.includes(name) ? Number(args[args.indexOf(name) + 1]) || fallback : fallback);
-const gib = arg('--gib', 1);
-const runs = arg('--runs', 3);
+const gib = numberFlag(args, '--gib', 1);
+const runs = numberFlag(args, '--runs', 3);
 const SETTLE_MS = 4000;
 const keep = args.includes('--keep');
 const HIDDEN = 4096;
@@ -108,8 +108,7 @@ try {
     await settle();
     refs.push(reference());
   }
-  const ratios = builds.map((b, r) => b.seconds / ((refs[r] + refs[r + 1]) / 2));
-  const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
+  const ratios = neighbourRatios(builds.map((b) => b.seconds), refs);
   const ratio = median(ratios);
   const buildSeconds = median(builds.map((b) => b.seconds));
   const ref = median(refs);
@@ -119,7 +118,7 @@ try {
   console.log(`base: ${LAYERS} × fp16 [${HIDDEN}, ${HIDDEN}] = ${(baseBytes / 1024 ** 3).toFixed(2)} GiB external data; LoRA rank ${RANK} on ${report.mergedTensors} layers (${report.loras[0].matched} keys matched)`);
   console.log(`artifact: ${report.shards} shards, fingerprint ${report.fingerprint}`);
   console.log(`builds ${builds.map((b) => b.seconds.toFixed(2)).join(' / ')} s; cp + sha256sum ${refs.map((x) => x.toFixed(2)).join(' / ')} s`);
-  console.log(`ratio ${ratio.toFixed(2)} [${Math.min(...ratios).toFixed(2)}–${Math.max(...ratios).toFixed(2)}] (median [min–max] of ${runs}; target ≤ 1.5)`);
+  console.log(`ratio ${spread(ratios)} (median [min–max] of ${runs}; target ≤ 1.5)`);
   console.log(`peak RSS ${rssMiB.toFixed(0)} MiB (target ≤ 512)`);
   console.log(`BENCH build ratio=${ratio.toFixed(2)} rss_mib=${rssMiB.toFixed(0)} build_s=${buildSeconds.toFixed(2)} ref_s=${ref.toFixed(2)} base_gib=${(baseBytes / 1024 ** 3).toFixed(2)} rank=${RANK} runs=${runs}`);
 } finally {

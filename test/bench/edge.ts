@@ -19,6 +19,7 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { parseArgs } from 'node:util';
 import { REPO_ROOT, WRANGLER_ENV, startWranglerDev } from '../edge-dev/wrangler-dev.ts';
+import { median } from '../support/bench.ts';
 
 const MiB = 1024 * 1024;
 const run = promisify(execFile);
@@ -58,11 +59,6 @@ async function writeBlob(work: string, persistTo: string, size: number, seed: st
     env: { ...process.env, ...WRANGLER_ENV },
   });
   return { bytes, key, file };
-}
-
-function median(values: number[]): number {
-  const sorted = [...values].sort((a, b) => a - b);
-  return sorted[Math.floor(sorted.length / 2)];
 }
 
 /**

@@ -24,6 +24,7 @@ import { OrtNodeEngine } from '../../tools/runtime/ort-engine.ts';
 import { DiskStore } from '../../tools/store/disk-store.ts';
 import { writeTinyArtifact } from '../support/node-onnx.ts';
 import { startCountingOrigin } from '../support/node-origin.ts';
+import { median } from '../support/bench.ts';
 
 const { values } = parseArgs({ options: { mib: { type: 'string', default: '68' }, runs: { type: 'string', default: '5' } } });
 const totalMib = Number(values.mib);
@@ -38,7 +39,6 @@ const bytes = refs.reduce((n, r) => n + r.size, 0);
 const origin = await startCountingOrigin(join(work, 'origin'));
 const quiet = { warn: () => {} };
 
-const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 async function time(fn: () => Promise<unknown>): Promise<number> {
   const started = performance.now();
   await fn();

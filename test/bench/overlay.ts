@@ -62,6 +62,7 @@ import { type Origin, startOrigin } from '../support/origin.ts';
 import { PAGE_PATHS, buildPages } from '../support/web-pages.ts';
 import { overlayArtifacts } from '../support/overlay-artifacts.ts';
 import { writeTag } from '../support/tag.ts';
+import { median } from '../support/bench.ts';
 
 const { values } = parseArgs({
   options: {
@@ -90,7 +91,6 @@ const HIDDEN = 4096;
 const RANK = 16;
 
 const work = await mkdtemp(join(tmpdir(), 'fuseload-bench-overlay-'));
-const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 const quiet = { warn: () => {} };
 
 interface Subject {

@@ -17,6 +17,7 @@ import pLimit from 'p-limit';
 import { digestHex } from '../../common/digest.ts';
 import { publishToBucket } from '../../tools/publish/index.ts';
 import { BUCKET, startS3Server, tempDir, writeArtifact } from '../publish/helpers.ts';
+import { median, neighbourRatios, spread } from '../support/bench.ts';
 
 const MiB = 1024 * 1024;
 const SHARDS = Number(process.env.BENCH_SHARDS ?? 4);
@@ -53,7 +54,6 @@ try {
   };
 
   await bare('warmup'); // page cache and server warm for both sides
-  const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
   const bares: number[] = [await bare('r0')];
   const ours: number[] = [];
   for (let r = 0; r < RUNS; r++) {
@@ -65,14 +65,14 @@ try {
   }
   const republish = await publishToBucket(dir, { env: s3.env, concurrency: CONCURRENCY, partSize: PART, tag: 'latest' });
 
-  const ratios = ours.map((o, r) => o / ((bares[r] + bares[r + 1]) / 2));
+  const ratios = neighbourRatios(ours, bares);
   const ratio = median(ratios);
   const mib = total / MiB;
   const fmt = (xs: number[]) => xs.map((x) => x.toFixed(2)).join(' / ');
   console.log(`artifact ${mib.toFixed(0)} MiB in ${files.length} blobs`);
   console.log(`bare Upload: ${fmt(bares)} s (median ${(mib / median(bares)).toFixed(0)} MiB/s)`);
   console.log(`fuseload publish: ${fmt(ours)} s (median ${(mib / median(ours)).toFixed(0)} MiB/s, verifying every digest as it streams)`);
-  console.log(`ratio ${ratio.toFixed(2)} [${Math.min(...ratios).toFixed(2)}–${Math.max(...ratios).toFixed(2)}] (median [min–max] of ${RUNS} rounds; target ≤ 1.2)`);
+  console.log(`ratio ${spread(ratios)} (median [min–max] of ${RUNS} rounds; target ≤ 1.2)`);
   console.log(`re-publish: ${republish.bytesUploaded} bytes uploaded, ${republish.skipped.length} skipped`);
   console.log(`BENCH publish ratio=${ratio.toFixed(2)} republish_bytes=${republish.bytesUploaded} size_mib=${mib.toFixed(0)} rounds=${RUNS}`);
 } finally {

@@ -36,6 +36,7 @@ import { writeTinyArtifact } from '../support/node-onnx.ts';
 import { startCountingOrigin } from '../support/node-origin.ts';
 import { REPO_ROOT } from '../support/paths.ts';
 import { writeTag } from '../support/tag.ts';
+import { median } from '../support/bench.ts';
 
 const { values } = parseArgs({
   options: {
@@ -57,7 +58,6 @@ const floodClients = Number(values.flood);
 const FLOOD_SIDE = 512;
 
 const quantile = (sorted: number[], q: number) => sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))];
-const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)];
 
 /** The child's resident set in MiB (Linux /proc; `ps` elsewhere). */
 async function rssMiB(pid: number): Promise<number> {
