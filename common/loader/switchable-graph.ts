@@ -88,7 +88,7 @@ const CODE_OF = { float32: 1, float16: 10 } as const;
  * `y = Conv(x, W) + Conv(Conv(x, down), up)` (Conv, `down` with W's kernel and attributes, `up`
  * 1×1). `down` and `up` are graph inputs with a symbolic rank; the LoRA's scale × alpha/rank
  * is folded into `up`, several LoRAs on one layer are stacked along the rank, and a layer no
- * LoRA touches is fed rank 0 (an empty product adds zeros).
+ * LoRA touches is fed rank 1 of zeros (switch.ts `zeroFactors`: not every provider runs a rank-0 product).
  */
 export interface LoraBranch {
   /** The initializer the layer reads (the tensor index name). */
