@@ -14,15 +14,15 @@
  *   render a PNG), i.e. what HTTP, validation, the queue and the pipeline cache add.
  * - The flood: `--flood` (64) connections at once, each one request at the default `--max-side`
  *   (512 × 512), under the server's default pixel budget (max-side² × concurrency). The server's
- *   RSS is sampled every 25 ms during each of `--floods` (5) floods in a row, and its lowest
- *   over the 2 s after each is the flood's settled RSS: flood_peak_ratio is the highest peak over
- *   the RSS before the first flood; flood_growth_ratio the highest settled RSS of the last two
- *   floods over the highest of the first three (target ≤ 1.1: a server that keeps something per
- *   request grows flood after flood, and the last two floods show it over the first three). Not
- *   the last flood over the first: the settled RSS of a server that keeps nothing swings by a
- *   fifth between floods (288, 266, 232, 253, 231 MiB in one run; 2 s after each, one sample:
- *   207, 254, 249 in another), with whether the heap has been collected and the allocator has let go by then, and
- *   with how many of the 64 requests the flood got in (18–39).
+ *   RSS is sampled every 25 ms during each of `--floods` (at least 5) floods in a row, and its
+ *   lowest over the 2 s after each is the flood's settled RSS: flood_peak_ratio is the highest
+ *   peak over the RSS before the first flood; flood_growth_ratio the highest settled RSS of the
+ *   last two floods over the highest of the floods before them (target ≤ 1.1: a server that keeps
+ *   something per request grows flood after flood). Not the last flood over the first: the
+ *   settled RSS of a server that keeps nothing swings by a fifth between floods (288, 266, 232,
+ *   253, 231 MiB in one run; one sample 2 s after each: 207, 254, 249 in another), with whether
+ *   the heap has been collected and the allocator has let go by then, and with how many of the
+ *   64 requests the flood got in (18–39).
  *
  * - The trained sample (tools/sample/pipeline, 20 Euler steps at 64²) through the same server at
  *   `--clients`: sample_rps, sample_p50_ms, sample_p99_ms.
