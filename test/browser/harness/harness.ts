@@ -33,6 +33,13 @@ export interface HarnessLoad {
   concurrency?: number;
   /** Diagnostics: a MemoryStore as the persistent tier, to time a load without IndexedDB writes. */
   memoryStore?: boolean;
+  /**
+   * Keep this pipeline open for the page's life, on a loader of its own (a MemoryStore, nothing
+   * shared with other loads). onnxruntime-web keeps its WebGPU context, and every shader it
+   * compiled, only while some session lives: a test that opens and disposes many WebGPU pipelines
+   * holds one, or each would compile every shader again (12 s for the sample on SwiftShader).
+   */
+  hold?: boolean;
   /** Abort once a download event for `file` reports at least `loaded` bytes. */
   abortWhen?: { file: string; loaded: number };
   /** Return the progress events (default true; the bench turns them off). */
@@ -167,7 +174,7 @@ function recordingEngine(build: OrtBuild | undefined): Engine {
 
 function loaderFor(options: HarnessLoad): Loader {
   const warn = (m: string) => void warnings.push(m);
-  if (options.memoryStore) {
+  if (options.memoryStore || options.hold) {
     return createLoader({ engine: createOrtEngine(), store: new MemoryStore(), concurrency: options.concurrency, warn, overlayOrtMinElements: options.overlayOrtMinElements });
   }
   const make = (fetch?: typeof globalThis.fetch) =>
@@ -290,7 +297,7 @@ async function load(options: HarnessLoad): Promise<HarnessResult> {
     await p.verified();
     const { manifest: _manifest, ...info } = p.info;
     const ms = performance.now() - started;
-    if (!options.reuse || options.dispose) await p.dispose();
+    if ((!options.reuse && !options.hold) || options.dispose) await p.dispose();
     // Store writes finish behind the load; tests inspect IndexedDB after them.
     await loader.flush();
     const storedMs = performance.now() - started;
