@@ -6,7 +6,7 @@
  * measured from the canvas pixels with the sample's own palette (image-measure.ts, the
  * trainer's definitions).
  */
-import { mkdtemp, readFile } from 'node:fs/promises';
+import { mkdtemp, readdir, readFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Browser, Page } from 'playwright-core';
@@ -125,8 +125,16 @@ async function settled(after: number, p: Page = page): Promise<void> {
     { timeout: 45_000 },
   );
   if ((await p.locator('#status').getAttribute('data-state')) === 'error') {
-    throw new Error(`the page failed: ${await p.locator('#error').textContent()}`);
+    throw new Error(`the page failed: ${await p.locator('#error').textContent()}\n${await edgeTail()}`);
   }
+}
+
+/** What `npm start` and wrangler's debug log said last, for a failure on CI, where neither outlives the run. */
+async function edgeTail(): Promise<string> {
+  const logs = join(app.work, 'dev', 'wrangler-logs');
+  const files = await readdir(logs).catch(() => [] as string[]);
+  const wrangler = await Promise.all(files.map(async (f) => (await readFile(join(logs, f), 'utf8').catch(() => '')).split('\n').slice(-40).join('\n')));
+  return `npm start said, last:\n${app.output().split('\n').slice(-20).join('\n')}\nwrangler's log, last:\n${wrangler.join('\n') || '(none)'}`;
 }
 
 /** Does `change` in the page and waits for the regeneration it causes. */
