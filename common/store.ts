@@ -36,8 +36,18 @@ export interface BlobStore {
    * answer. Tags are always revalidated; the loader only starts reading what the hint names while the
    * tag's request is out (docs/architecture.md, "Browser loading"). Null when there is none.
    */
-  tagHint?(url: string): Promise<Digest | null>;
-  setTagHint?(url: string, fingerprint: Digest): Promise<void>;
+  tagHint?(url: string): Promise<TagHint | null>;
+  setTagHint?(url: string, hint: TagHint): Promise<void>;
+}
+
+/** What a store keeps for a tag's URL (BlobStore.tagHint). */
+export interface TagHint {
+  fingerprint: Digest;
+  /**
+   * The manifest's bytes, kept with the hint so the reads ahead begin after one store read, not
+   * two. Unverified, like every store read: the loader hashes them against `fingerprint`.
+   */
+  manifest?: Uint8Array;
 }
 
 /**

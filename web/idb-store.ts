@@ -13,8 +13,9 @@
  * stored as that file: IndexedDB keeps it by reference, the `meta:` record names it, and it is
  * removed with the record.
  *
- * A `tag:<url>` record keeps the fingerprint a tag named at the last load (`tagHint`): what the
- * loader reads ahead while the tag revalidates, never what it loads without asking.
+ * A `tag:<url>` record keeps the fingerprint a tag named at the last load and that manifest's bytes
+ * (`tagHint`; a bare fingerprint in records from before): what the loader reads ahead while the tag
+ * revalidates, never what it loads without asking.
  *
  * It does not vouch for its reads (no `verifiesReads`): IndexedDB has no modification stamp,
  * and any script of the origin or an extension can rewrite a record, so the loader re-hashes
@@ -23,7 +24,7 @@
 import { createStore, delMany, get, promisifyRequest, set, setMany, type UseStore } from 'idb-keyval';
 import { type Digest, isDigest } from '../common/digest.ts';
 import { FuseloadError } from '../common/errors.ts';
-import type { BlobStore } from '../common/store.ts';
+import type { BlobStore, TagHint } from '../common/store.ts';
 import { BlobFiles, type FileSink } from './blob-files.ts';
 
 export interface IdbStoreOptions {
@@ -59,7 +60,7 @@ interface BlobMeta {
 
 const BLOB = 'blob:';
 const META = 'meta:';
-/** `tag:<url>` → the fingerprint that tag named at the last load here (a hint: BlobStore.tagHint). */
+/** `tag:<url>` → the fingerprint that tag named at the last load here, with its manifest (a hint: BlobStore.tagHint). */
 const TAG = 'tag:';
 /** How long reads' LRU times wait to be written together. */
 const TOUCH_DELAY_MS = 1000;
@@ -110,13 +111,17 @@ export class IdbStore implements BlobStore {
     return (await get<BlobMeta>(META + digest, this.#db)) !== undefined;
   }
 
-  async tagHint(url: string): Promise<Digest | null> {
+  async tagHint(url: string): Promise<TagHint | null> {
     const value = await get<unknown>(TAG + url, this.#db);
-    return isDigest(value) ? value : null;
+    // A bare fingerprint: a record from before the manifest was kept with it.
+    if (isDigest(value)) return { fingerprint: value };
+    const hint = value as Partial<TagHint> | undefined;
+    if (!hint || !isDigest(hint.fingerprint)) return null;
+    return { fingerprint: hint.fingerprint, manifest: hint.manifest instanceof Uint8Array ? hint.manifest : undefined };
   }
 
-  async setTagHint(url: string, fingerprint: Digest): Promise<void> {
-    await set(TAG + url, fingerprint, this.#db);
+  async setTagHint(url: string, hint: TagHint): Promise<void> {
+    await set(TAG + url, { fingerprint: hint.fingerprint, ...(hint.manifest ? { manifest: hint.manifest } : {}) }, this.#db);
   }
 
   async get(digest: Digest): Promise<Uint8Array | null> {

@@ -733,9 +733,11 @@ export function createLoader(runtime: LoaderRuntime): Loader {
     }
     const g = await guessed;
     const hinted = tagUrl;
+    /** The manifest's bytes, kept with the hint (TagHint.manifest); set once the manifest is in hand. */
+    let manifestBytes = g?.fingerprint === fingerprint ? g.bytes : undefined;
     const remember =
-      hinted && g?.fingerprint !== fingerprint && store.setTagHint
-        ? () => blobs.behind(store.setTagHint!(hinted, fingerprint).catch((e) => warn(`${hinted}: not remembered (${errorText(e)})`)))
+      hinted && (g?.fingerprint !== fingerprint || !g.inline) && store.setTagHint
+        ? () => blobs.behind(store.setTagHint!(hinted, { fingerprint, manifest: manifestBytes }).catch((e) => warn(`${hinted}: not remembered (${errorText(e)})`)))
         : () => {};
     const drop = g?.drop ?? (() => {});
     const key = manifestKey(fingerprint);
@@ -746,7 +748,8 @@ export function createLoader(runtime: LoaderRuntime): Loader {
       return { fingerprint, manifest: g.manifest, fetched: null, remember, drop };
     }
     try {
-      const found = await manifestByFingerprint(fingerprint, origin, options, progress);
+      const { bytes, ...found } = await manifestByFingerprint(fingerprint, origin, options, progress);
+      manifestBytes = bytes;
       // The tag moved: reads ahead of blobs the new manifest names too are still the ones it needs.
       if (g) drop(new Set(blobRefs(pipelineView(found.manifest)).map((r) => r.digest)));
       return { ...found, remember, drop };
@@ -764,17 +767,19 @@ export function createLoader(runtime: LoaderRuntime): Loader {
    */
   async function guess(url: string, model: string): Promise<Guess | null> {
     try {
-      const fingerprint = await store.tagHint?.(url);
-      if (!fingerprint) return null;
+      const hint = await store.tagHint?.(url);
+      if (!hint) return null;
+      const { fingerprint } = hint;
       const inMemory = await memory.get(fingerprint);
-      const bytes = inMemory ?? (await store.get(fingerprint));
+      // The hint's own copy of the manifest spares a second store read before the reads ahead begin.
+      const bytes = inMemory ?? hint.manifest ?? (await store.get(fingerprint));
       if (!bytes) return null;
       const manifest = await decodeManifest(bytes, manifestKey(fingerprint), fingerprint);
       if (manifest.name !== model) return null;
       // Sessions built from it are in hand (a load through this loader before): its blobs will not be read.
       const built = [...pipelines.keys()].some((k) => k.startsWith(`${fingerprint}|`));
       const drop = (!built && (await blobs.readAhead(blobRefs(pipelineView(manifest))))) || (() => {});
-      return { fingerprint, manifest, bytes, stored: !inMemory, drop };
+      return { fingerprint, manifest, bytes, stored: !inMemory, inline: !!hint.manifest, drop };
     } catch {
       return null;
     }
@@ -791,7 +796,7 @@ export function createLoader(runtime: LoaderRuntime): Loader {
         checkName(manifest, options.model, key);
         if (tier !== memory) await memory.put(fingerprint, bytes);
         progress.emit('manifest', key, 1, 1);
-        return { fingerprint, manifest, fetched: null };
+        return { fingerprint, manifest, fetched: null, bytes };
       } catch (e) {
         if (isFuseloadError(e) && e.code === 'digest-mismatch') {
           warn(`${key} in the ${tier.kind} cache is corrupt; fetching it again`);
@@ -806,7 +811,7 @@ export function createLoader(runtime: LoaderRuntime): Loader {
     checkName(manifest, options.model, key);
     await memory.put(fingerprint, bytes);
     progress.emit('manifest', key, 1, 1);
-    return { fingerprint, manifest, fetched: bytes };
+    return { fingerprint, manifest, fetched: bytes, bytes };
   }
 
   return {
@@ -860,6 +865,8 @@ interface Guess {
   bytes: Uint8Array;
   /** Read from the store (not memory): put in memory when used, as a stored manifest is. */
   stored: boolean;
+  /** The hint held the manifest's bytes (TagHint.manifest); one from before that layout is written again with them. */
+  inline: boolean;
   drop: (keep?: Set<Digest>) => void;
 }
 

@@ -3,6 +3,8 @@
  * onnxruntime-node as the engine, the sample artifact from `fuseload build` behind a real
  * local HTTP origin that counts requests.
  */
+import { readFile } from 'node:fs/promises';
+import { join } from 'node:path';
 import ort from 'onnxruntime-node';
 import { afterAll, beforeAll, describe, expect, test } from 'vitest';
 import { type Digest, sha256 } from '../../common/digest.ts';
@@ -11,7 +13,7 @@ import type { OffThreadHasher } from '../../common/loader/blobs.ts';
 import { type Loader, type LoaderRuntime, createLoader } from '../../common/loader/index.ts';
 import type { Engine, LoadPipelineOptions, Pipeline, ProgressEvent, TensorLike } from '../../common/pipeline.ts';
 import { sampleFeeds } from '../../common/sample-input.ts';
-import { type BlobKind, MemoryStore } from '../../common/store.ts';
+import { type BlobKind, MemoryStore, type TagHint } from '../../common/store.ts';
 import { type SampleArtifact, sampleArtifact } from '../support/artifact.ts';
 import { type Origin, startOrigin } from '../support/origin.ts';
 
@@ -395,30 +397,44 @@ describe('createLoader', () => {
     expect(origin.requests).toHaveLength(0);
   });
 
-  test("a store's tag hint is only a hint: one naming a manifest not here, or a tag that is gone, loads or fails as without it", async () => {
+  test("a store's tag hint is only a hint: one naming a manifest not here, one whose manifest bytes are corrupt, or a tag that is gone, loads or fails as without it", async () => {
     // IdbStore keeps hints in IndexedDB (test/browser/load-paths.test.ts reads ahead by them); here, a Map.
     class HintingStore extends MemoryStore {
-      readonly hints = new Map<string, Digest>();
+      readonly hints = new Map<string, TagHint>();
       async tagHint(url: string) {
         return this.hints.get(url) ?? null;
       }
-      async setTagHint(url: string, fingerprint: Digest) {
-        this.hints.set(url, fingerprint);
+      async setTagHint(url: string, hint: TagHint) {
+        this.hints.set(url, hint);
       }
     }
     const store = new HintingStore();
     const tagUrl = `${origin.url}/tags/${artifact.name}/${artifact.tag}.json`;
     const stale = `sha256:${'0'.repeat(64)}` as Digest;
-    store.hints.set(tagUrl, stale);
+    store.hints.set(tagUrl, { fingerprint: stale });
     const { loader: l, warnings } = loader({ store });
     const p = await l.loadPipeline(opts({ device: 'cpu' }));
     await l.flush();
     expect(p.info.fingerprint).toBe(artifact.fingerprint);
     expect(warnings).toEqual([]);
-    expect(store.hints.get(tagUrl)).toBe(artifact.fingerprint);
+    // The hint follows the tag, with the manifest's bytes kept beside the fingerprint.
+    const manifestFile = new Uint8Array(await readFile(join(artifact.dir, 'manifests', 'sha256', `${artifact.fingerprint.slice(7)}.json`)));
+    expect(store.hints.get(tagUrl)).toEqual({ fingerprint: artifact.fingerprint, manifest: manifestFile });
     await p.dispose();
+    // The right fingerprint with corrupt manifest bytes: they fail its hash, so the load goes on as without a
+    // hint, and the hint is written again whole.
+    const corrupt = manifestFile.slice();
+    corrupt[corrupt.length - 2] ^= 1;
+    store.hints.set(tagUrl, { fingerprint: artifact.fingerprint, manifest: corrupt });
+    const again = loader({ store });
+    const q = await again.loader.loadPipeline(opts({ device: 'cpu' }));
+    await again.loader.flush();
+    expect(q.info.fingerprint).toBe(artifact.fingerprint);
+    expect(again.warnings).toEqual([]);
+    expect(store.hints.get(tagUrl)).toEqual({ fingerprint: artifact.fingerprint, manifest: manifestFile });
+    await q.dispose();
     // The hint names a stored manifest, but the tag is not there: the tag's answer is the load's.
-    store.hints.set(`${origin.url}/tags/${artifact.name}/nope.json`, artifact.fingerprint);
+    store.hints.set(`${origin.url}/tags/${artifact.name}/nope.json`, { fingerprint: artifact.fingerprint });
     await expect(loader({ store }).loader.loadPipeline(opts({ tag: 'nope' }))).rejects.toThrow(new RegExp(`^${origin.url}/tags/sample/nope\\.json: HTTP 404$`));
   });
 

@@ -496,7 +496,7 @@ const harness = {
   },
   /** The fingerprint IndexedDB keeps as the hint for a tag's URL (IdbStore.tagHint), or null. */
   async tagHint(url: string): Promise<string | null> {
-    return createBrowserLoader().store.tagHint(url);
+    return (await createBrowserLoader().store.tagHint(url))?.fingerprint ?? null;
   },
   /** What each blob's IndexedDB record holds: 'Blob', 'Uint8Array', … or 'missing'. */
   async recordKinds(digests: string[]): Promise<string[]> {
