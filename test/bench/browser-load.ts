@@ -109,9 +109,15 @@ const fmt = (ms: number) => `${ms.toFixed(0)} ms`;
 const RUNS = Number(process.env.BENCH_RUNS ?? 7) || 7;
 const GBIT = Number(process.env.BENCH_GBIT ?? 1) || 1;
 
-/** Runs the steps in this order on even rounds and reversed on odd ones (drift in a loaded machine cancels). */
-async function alternating(round: number, steps: (() => Promise<void>)[]): Promise<void> {
-  for (const step of round % 2 ? [...steps].reverse() : steps) await step();
+/**
+ * Runs the steps in this order on even rounds and reversed on odd ones (drift in a loaded machine
+ * cancels), each after `before` (a full collection: see main).
+ */
+async function alternating(round: number, steps: (() => Promise<void>)[], before: () => Promise<void>): Promise<void> {
+  for (const step of round % 2 ? [...steps].reverse() : steps) {
+    await before();
+    await step();
+  }
 }
 
 async function main() {
@@ -128,7 +134,10 @@ async function main() {
   const origin = await startOrigin({ root: big.dir });
   const link = await startOrigin({ root: big.dir, bytesPerSecond: (GBIT * 1e9) / 8 });
   const profile = await mkdtemp(join(tmpdir(), 'fuseload-bench-profile-'));
-  const context = await launchPersistentChromium(profile);
+  // `gc()` in the page: every timed step starts on a collected heap. Each step leaves ~280 MiB of
+  // buffers behind, and without it their collection lands on whichever step comes next: five warm
+  // loads beside raw reads read 0.36-2.76 of them on the same bytes, and 0.79-1.22 with it.
+  const context = await launchPersistentChromium(profile, ['--js-flags=--expose-gc']);
   try {
     const page = await context.newPage();
     await page.goto(site.url + PAGE_PATHS.harness);
@@ -148,6 +157,10 @@ async function main() {
       return r;
     };
     const settle = () => new Promise((r) => setTimeout(r, 500));
+    const collected = async () => {
+      await page.evaluate(() => (globalThis as unknown as { gc(): void }).gc());
+      await settle();
+    };
 
     // Once: the peers' caches, the connection pool, the OS page cache and ORT's compiled WASM.
     await page.evaluate((u) => window.harness.bench.cacheApiFill(u), urls);
@@ -172,7 +185,7 @@ async function main() {
       await alternating(round, [
         async () => void (r.fetch = await page.evaluate((u) => window.harness.bench.bareFetch(u), urls)),
         async () => void (cold = check(await load(), 'network')),
-      ]);
+      ], collected);
       r.cold = cold.blobsReadyMs!;
       r.coldUsable = cold.ms;
       r.coldStored = cold.storedMs!;
@@ -189,7 +202,7 @@ async function main() {
         async () => void (r.linkFetch = await page.evaluate((u) => window.harness.bench.bareFetch(u), linkUrls)),
         async () => void (linkCold = check(await load({ origin: link.url }), 'network')),
         async () => void (r.linkPeer = await page.evaluate((u) => window.harness.bench.fetchSession(u), linkUrls)),
-      ]);
+      ], collected);
       r.linkCold = linkCold.blobsReadyMs!;
       r.linkColdUsable = linkCold.ms;
       r.linkColdResolved = linkCold.resolvedMs!;
@@ -211,7 +224,7 @@ async function main() {
           r.warmOnDiskUsable = onDisk.ms;
           r.warmOnDiskResolved = onDisk.resolvedMs!;
         },
-      ]);
+      ], collected);
       r.warm = warm.blobsReadyMs!;
       r.warmUsable = warm.ms;
       rows.push(r);

@@ -33,8 +33,8 @@ export async function launchChromium(options: LaunchOptions = {}): Promise<Brows
   return chromium.launch({ executablePath: CHROMIUM_PATH, args: CHROMIUM_ARGS, ...options });
 }
 
-/** A persistent profile (real on-disk IndexedDB and quota), for benches. */
-export async function launchPersistentChromium(userDataDir: string): Promise<BrowserContext> {
+/** A persistent profile (real on-disk IndexedDB and quota), for benches; `extraArgs` after ours. */
+export async function launchPersistentChromium(userDataDir: string, extraArgs: string[] = []): Promise<BrowserContext> {
   assertChromium();
-  return chromium.launchPersistentContext(userDataDir, { executablePath: CHROMIUM_PATH, args: CHROMIUM_ARGS });
+  return chromium.launchPersistentContext(userDataDir, { executablePath: CHROMIUM_PATH, args: [...CHROMIUM_ARGS, ...extraArgs] });
 }
