@@ -121,7 +121,10 @@ export class IdbStore implements BlobStore {
   }
 
   async setTagHint(url: string, hint: TagHint): Promise<void> {
-    await set(TAG + url, { fingerprint: hint.fingerprint, ...(hint.manifest ? { manifest: hint.manifest } : {}) }, this.#db);
+    const m = hint.manifest;
+    // A view is stored with its whole buffer: a manifest read into a larger one is copied out first.
+    const manifest = m && (m.byteOffset || m.byteLength !== m.buffer.byteLength) ? m.slice() : m;
+    await set(TAG + url, { fingerprint: hint.fingerprint, ...(manifest ? { manifest } : {}) }, this.#db);
   }
 
   async get(digest: Digest): Promise<Uint8Array | null> {
